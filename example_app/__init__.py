@@ -1,0 +1,70 @@
+"""The example market API: every part of flask_backend_patterns, used as a real service would.
+
+``flask --app example_app run`` serves it on embedded defaults; ``gunicorn
+"example_app:create_app()"`` in production.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from pathlib import Path
+
+from flask import Flask
+
+from flask_backend_patterns.api import Api
+from flask_backend_patterns.transactions import enable_sqlite_savepoints
+
+from .api import register_blueprints
+from .cli import register_cli
+from .config import load_config
+from .extensions import db
+from .extensions import migrate
+from .extensions import patterns
+
+MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
+
+
+def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
+    """Build the app: config (defaults < environment < ``config``), extensions, API, CLI."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the envelope's order
+    load_config(app, config)
+    patterns.init_app(app)
+    db.init_app(app)
+    _enable_sqlite_foreign_keys(app)
+    migrate.init_app(app, db, directory=MIGRATIONS_DIR)
+    api = Api(app)
+    api.spec.components.security_scheme(
+        "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    )
+    register_blueprints(api)
+    register_cli(app)
+    if app.config["EXAMPLE_AUTO_MIGRATE"]:
+        with app.app_context():
+            _upgrade_database()
+    return app
+
+
+def _enable_sqlite_foreign_keys(app: Flask) -> None:
+    """SQLite enforces foreign keys (and ON DELETE CASCADE) only when asked, per connection,
+    and needs help for savepoints."""
+    import sqlalchemy as sa
+
+    with app.app_context():
+        engine = db.engine
+    if engine.dialect.name != "sqlite":
+        return
+    enable_sqlite_savepoints(engine)
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: t.Any, _record: t.Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+def _upgrade_database() -> None:
+    """Bring the schema to the newest migration (what ``flask db upgrade`` does)."""
+    from flask_migrate import upgrade
+
+    upgrade(directory=MIGRATIONS_DIR)

@@ -1,0 +1,91 @@
+"""Market endpoints: parse, call MarketService, shape the response."""
+
+from __future__ import annotations
+
+import functools
+import typing as t
+
+from flask import Response
+from flask import request
+from flask.views import MethodView
+
+from flask_backend_patterns.api import Blueprint
+from flask_backend_patterns.api import envelope
+from flask_backend_patterns.repository import Page
+
+from ..schemas import MarketGetQuerySchema
+from ..schemas import MarketListQuerySchema
+from ..schemas import MarketSchema
+from ..schemas import PositionListQuerySchema
+from ..schemas import PositionSchema
+from ..services import MarketService
+
+blp = Blueprint("markets", __name__, url_prefix="/api/markets", description="Prediction markets")
+
+
+@functools.lru_cache(maxsize=256)
+def market_schema(fields: tuple[str, ...] | None, include: tuple[str, ...]) -> MarketSchema:
+    """The dump schema for a projection (cached: building a schema is not free)."""
+    only = None if fields is None else (*fields, *include)
+    return MarketSchema(only=only, exclude=() if "creator" in include or only else ("creator",))
+
+
+def page_response(page: Page[t.Any], schema: t.Any) -> Response:
+    """The list envelope of one page."""
+    meta = {"total": page.total, "limit": page.limit, "offset": page.offset, "next_cursor": page.next_cursor}
+    return envelope(schema.dump(page.items, many=True), meta=meta)
+
+
+def _projection(args: dict[str, t.Any]) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
+    fields = args.get("fields")
+    return (tuple(dict.fromkeys(fields)) if fields else None), tuple(dict.fromkeys(args.get("include") or ()))
+
+
+@blp.route("")
+class Markets(MethodView):
+    @blp.arguments(MarketListQuerySchema, location="query")
+    @blp.response(200, MarketSchema(many=True))
+    def get(self, args: dict[str, t.Any]) -> Response:
+        """List markets: filter, sort, paginate (offset or cursor), project, embed."""
+        fields, include = _projection(args)
+        page = MarketService().list_markets(
+            filters={"status": args["status"]} if args.get("status") else None,
+            sort=args["sort"], limit=args["limit"], offset=args.get("offset"), cursor=args.get("cursor"),
+            fields=fields, include=include,
+        )
+        return page_response(page, market_schema(fields, include))
+
+
+@blp.route("/<market_id>")
+class MarketById(MethodView):
+    @blp.arguments(MarketGetQuerySchema, location="query")
+    @blp.response(200, MarketSchema, headers={"ETag": {"description": "Version of the market",
+                                                      "schema": {"type": "string"}}})
+    @blp.alt_response(304, description="Not modified (If-None-Match matched)")
+    @blp.alt_response(404, response="NOT_FOUND")
+    def get(self, args: dict[str, t.Any], market_id: str) -> Response:
+        """One market, with its ETag; If-None-Match answers 304."""
+        fields, include = _projection(args)
+        market = MarketService().get_market(market_id, fields=fields, include=include)
+        etag = market.etag if fields is None or "id" in fields else None
+        if etag is not None and etag in {tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")}:
+            return Response(status=304, headers={"ETag": etag})
+        return envelope(market_schema(fields, include).dump(market), headers={"ETag": etag} if etag else None)
+
+
+@blp.route("/<market_id>/positions")
+class MarketPositions(MethodView):
+    @blp.arguments(PositionListQuerySchema, location="query")
+    @blp.response(200, PositionSchema(many=True))
+    @blp.alt_response(404, response="NOT_FOUND")
+    def get(self, args: dict[str, t.Any], market_id: str) -> Response:
+        """A market's positions, paginated like markets."""
+        page = MarketService().list_positions(
+            market_id,
+            filters={"outcome": args["outcome"]} if args.get("outcome") else None,
+            sort=args["sort"], limit=args["limit"], offset=args.get("offset"), cursor=args.get("cursor"),
+        )
+        return page_response(page, _POSITION_SCHEMA)
+
+
+_POSITION_SCHEMA = PositionSchema()

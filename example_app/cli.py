@@ -1,0 +1,80 @@
+"""Command-line verbs: ``flask seed``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import typing as t
+
+import click
+import sqlalchemy as sa
+from flask import Flask
+from werkzeug.security import generate_password_hash
+
+from .extensions import db
+from .models import MARKET_STATUSES
+from .models import Market
+from .models import User
+from .models import new_id
+
+_WORDS = (
+    "election bitcoin rain championship launch rate inflation merger final treaty summit "
+    "record price vote storm release earnings season cup award mission tariff index "
+    "court ruling strike outage transfer debut budget quarter"
+).split()
+DEMO_PASSWORD = "demo-password"
+
+
+def _batches(total: int, size: int) -> t.Iterator[int]:
+    done = 0
+    while done < total:
+        yield min(size, total - done)
+        done += size
+
+
+@click.command("seed")
+@click.option("--markets", "n_markets", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--users", "n_users", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=5000, show_default=True)
+@click.option("--seed", "rng_seed", type=int, default=None, help="Random seed, for repeatable data.")
+def seed_command(n_markets: int, n_users: int, batch_size: int, rng_seed: int | None) -> None:
+    """Fill the database with demo users and markets (bulk inserts).
+
+    Demo users are user{i}@example.com with the password 'demo-password'.
+    """
+    rng = random.Random(rng_seed)
+    password_hash = generate_password_hash(DEMO_PASSWORD)  # hashed once: hashing is slow by design
+    now = dt.datetime.now(dt.timezone.utc)
+    start = db.session.scalar(sa.select(sa.func.count()).select_from(User)) or 0
+    users = [
+        {"id": new_id(), "email": f"user{start + i}@example.com", "name": f"Demo User {start + i}",
+         "password_hash": password_hash, "role": "user", "created_at": now}
+        for i in range(n_users)
+    ]
+    db.session.execute(sa.insert(User), users)
+    user_ids = [u["id"] for u in users]
+    with click.progressbar(length=n_markets, label="Markets") as bar:
+        for size in _batches(n_markets, batch_size):
+            rows = []
+            for _ in range(size):
+                created = now - dt.timedelta(seconds=rng.randrange(0, 365 * 24 * 3600))
+                words = rng.sample(_WORDS, 3)
+                rows.append({
+                    "id": new_id(), "name": f"Will the {words[0]} {words[1]} {words[2]} happen?",
+                    "description": f"Resolves yes if the {words[0]} {words[1]} {words[2]} happens.",
+                    "status": rng.choice(MARKET_STATUSES), "volume": round(rng.uniform(0, 1_000_000), 2),
+                    "creator_id": rng.choice(user_ids), "created_at": created, "updated_at": created,
+                    "version": 1,
+                })
+            db.session.execute(sa.insert(Market), rows)
+            bar.update(size)
+    db.session.commit()
+    if db.engine.dialect.name == "postgresql":
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text("ANALYZE users, markets"))
+    click.echo(f"Seeded {n_users} users and {n_markets} markets.")
+
+
+def register_cli(app: Flask) -> None:
+    """Add the example app's commands to ``flask``."""
+    app.cli.add_command(seed_command)

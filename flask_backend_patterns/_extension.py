@@ -1,0 +1,77 @@
+"""Helpers shared by every extension: per-app state and config coercion."""
+
+from __future__ import annotations
+
+import typing as t
+
+from flask import Flask
+from flask import current_app
+
+StateT = t.TypeVar("StateT")
+
+
+def register_state(app: Flask, key: str, state: object) -> None:
+    """Store ``state`` as ``app.extensions[key]``.
+
+    :raises RuntimeError: the part is already registered on this app.
+    """
+    if key in app.extensions:
+        raise RuntimeError(
+            f"{key!r} is already registered on app {app.name!r}; call init_app once per app."
+        )
+    app.extensions[key] = state
+
+
+def lookup_state(key: str, state_type: type[StateT], app: Flask | None = None) -> StateT:
+    """Return the per-app state of a part, from ``app`` or the current app.
+
+    :raises RuntimeError: outside an app context, or the part was not registered.
+    """
+    if app is None:
+        if not current_app:
+            raise RuntimeError(
+                f"{key!r} needs an application context: use 'with app.app_context():'."
+            )
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+    try:
+        state = app.extensions[key]
+    except KeyError:
+        raise RuntimeError(
+            f"{key!r} is not registered on app {app.name!r}; did you forget init_app(app)?"
+        ) from None
+    if not isinstance(state, state_type):
+        raise RuntimeError(f"app.extensions[{key!r}] holds {type(state).__name__}, not ours")
+    return state
+
+
+def config_bool(value: object, key: str) -> bool:
+    """Read a boolean config value, accepting what ``from_prefixed_env`` produces."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if isinstance(value, str) and value.strip().lower() in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"{key} must be a boolean, got {value!r}")
+
+
+def config_list(value: object, key: str) -> list[str]:
+    """Read a list of strings: a list, or one comma-separated string."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [str(part) for part in value]
+    raise ValueError(f"{key} must be a list or a comma-separated string, got {value!r}")
+
+
+def config_int(value: object, key: str, *, minimum: int | None = None) -> int:
+    """Read an integer config value (an int or a numeric string)."""
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be an integer, got {value!r}") from None
+    if isinstance(value, bool) or (minimum is not None and number < minimum):
+        raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return number

@@ -1,0 +1,138 @@
+"""flask-smorest integration: one error envelope, one success envelope, offline docs.
+
+``Api`` renders flask-smorest's errors with :mod:`flask_backend_patterns.errors`
+(flask-smorest registers its own ``HTTPException`` handler, and the last
+registration wins) and serves the Swagger UI assets from the ``swagger-ui-bundle``
+package, so ``/docs`` works with no internet access.
+
+``Blueprint`` documents every ``@blp.response(status, Schema)`` as the success
+envelope ``{"success": true, "data": ..., "meta": ...}`` and wraps what a view
+returns in it.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+import flask_smorest
+import marshmallow as ma
+from flask import Blueprint as FlaskBlueprint
+from flask import Flask
+from flask import Response
+from flask import current_app
+from flask import g
+from werkzeug.exceptions import HTTPException
+
+from .errors import handle_http_exception
+
+
+class ErrorEnvelopeSchema(ma.Schema):
+    """The error envelope (documentation only)."""
+
+    success = ma.fields.Boolean(required=True, metadata={"example": False})
+    error = ma.fields.String(required=True, metadata={"description": "Human readable message"})
+    code = ma.fields.String(required=True, metadata={"description": "Machine code, e.g. not_found"})
+    request_id = ma.fields.String(allow_none=True, metadata={"description": "Same as X-Request-ID"})
+    details = ma.fields.Dict(
+        keys=ma.fields.String(), metadata={"description": "Field name -> list of messages"}
+    )
+
+
+class PageMetaSchema(ma.Schema):
+    """Pagination metadata of a list response."""
+
+    total = ma.fields.Integer(allow_none=True, metadata={"description": "Rows matching the filters"})
+    limit = ma.fields.Integer(required=True)
+    offset = ma.fields.Integer(allow_none=True, metadata={"description": "null on cursor pages"})
+    next_cursor = ma.fields.String(
+        allow_none=True, metadata={"description": "Opaque cursor of the next page; null on the last"}
+    )
+
+
+_ENVELOPES: dict[tuple[type[ma.Schema], bool, frozenset[str] | None], type[ma.Schema]] = {}
+
+
+def envelope_schema(schema: ma.Schema) -> type[ma.Schema]:
+    """The success-envelope schema around ``schema`` (a list one if ``schema.many``)."""
+    only = frozenset(schema.only) if schema.only else None
+    key = (type(schema), bool(schema.many), only)
+    if key not in _ENVELOPES:
+        inner = type(schema)(only=only) if only else type(schema)()
+        data: ma.fields.Field = (
+            ma.fields.List(ma.fields.Nested(inner), required=True)
+            if schema.many
+            else ma.fields.Nested(inner, required=True)
+        )
+        fields: dict[str, ma.fields.Field] = {
+            "success": ma.fields.Boolean(required=True, metadata={"example": True}),
+            "data": data,
+        }
+        name = type(schema).__name__.removesuffix("Schema")
+        if schema.many:
+            fields["meta"] = ma.fields.Nested(PageMetaSchema, required=True)
+            name += "List"
+        _ENVELOPES[key] = ma.Schema.from_dict(fields, name=f"{name}Envelope")
+    return _ENVELOPES[key]
+
+
+def set_meta(meta: t.Mapping[str, t.Any]) -> None:
+    """Attach ``meta`` to the success envelope of the current response."""
+    g._fbp_meta = dict(meta)
+
+
+def envelope(data: t.Any, *, meta: t.Mapping[str, t.Any] | None = None, status: int = 200,
+             headers: t.Mapping[str, str] | None = None) -> Response:
+    """Build a success-envelope response from already serialised ``data``."""
+    payload: dict[str, t.Any] = {"success": True, "data": data}
+    if meta is not None:
+        payload["meta"] = meta
+    response = current_app.json.response(payload)
+    response.status_code = status
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+class Blueprint(flask_smorest.Blueprint):
+    """A flask-smorest ``Blueprint`` whose responses use the success envelope."""
+
+    def _make_doc_response_schema(self, schema: t.Any) -> t.Any:
+        if isinstance(schema, ma.Schema):
+            return envelope_schema(schema)
+        return schema
+
+    def _prepare_response_content(self, data: t.Any) -> t.Any:
+        payload: dict[str, t.Any] = {"success": True, "data": data}
+        meta = g.pop("_fbp_meta", None)
+        if meta is not None:
+            payload["meta"] = meta
+        return payload
+
+
+class Api(flask_smorest.Api):
+    """flask-smorest's ``Api`` with the error envelope and offline Swagger UI.
+
+    When ``OPENAPI_SWAGGER_UI_PATH`` is set and ``OPENAPI_SWAGGER_UI_URL`` is not, the
+    UI's assets are served from the installed ``swagger-ui-bundle`` package under
+    ``<OPENAPI_URL_PREFIX>/docs-assets/``.
+    """
+
+    ERROR_SCHEMA = ErrorEnvelopeSchema
+
+    def init_app(self, app: Flask, *, spec_kwargs: dict[str, t.Any] | None = None) -> None:
+        prefix = app.config.get("OPENAPI_URL_PREFIX")
+        if (app.config.get("OPENAPI_SWAGGER_UI_PATH") is not None and prefix is not None
+                and app.config.get("OPENAPI_SWAGGER_UI_URL") is None):
+            from swagger_ui_bundle import swagger_ui_path
+
+            url = "/" + "/".join(p for p in (prefix.strip("/"), "docs-assets") if p)
+            app.register_blueprint(
+                FlaskBlueprint("backend_patterns_docs_assets", __name__,
+                               static_folder=str(swagger_ui_path), static_url_path=url)
+            )
+            app.config["OPENAPI_SWAGGER_UI_URL"] = url + "/"
+        super().init_app(app, spec_kwargs=spec_kwargs)
+
+    def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
+        """Render flask-smorest's errors in the error envelope."""
+        return handle_http_exception(error)

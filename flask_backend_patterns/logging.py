@@ -1,0 +1,275 @@
+"""Structured JSON logging with request ids.
+
+Every log record becomes one JSON object on one line. :class:`RequestLogging`
+accepts or makes a request id per request, echoes it in ``X-Request-ID``, puts it in
+every log line and error body, and writes one access line per request.
+
+Code that runs outside a request (a background job) binds the id of the request
+that started it with :func:`bind_request_id`, so its lines carry the same id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import datetime as dt
+import json
+import logging
+import re
+import sys
+import time
+import traceback
+import typing as t
+import uuid
+from dataclasses import dataclass
+from dataclasses import field
+
+from flask import Flask
+from flask import Response
+from flask import g
+from flask import has_request_context
+from flask import request
+from flask.logging import default_handler
+
+from ._extension import config_bool
+from ._extension import config_list
+from ._extension import lookup_state
+from ._extension import register_state
+
+EXTENSION_KEY = "backend_patterns.logging"
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "backend_patterns_request_id", default=None
+)
+_log_context: contextvars.ContextVar[dict[str, t.Any] | None] = contextvars.ContextVar(
+    "backend_patterns_log_context", default=None
+)
+
+#: attributes every ``LogRecord`` has; anything else on a record came from ``extra``.
+_RECORD_ATTRS = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime", "taskName"}
+)
+#: substrings of keys whose values are never written (case-insensitive).
+DEFAULT_REDACT_KEYS = ("password", "passwd", "secret", "token", "authorization", "cookie", "api_key")
+REDACTED = "[REDACTED]"
+_BEARER_RE = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+_JWT_RE = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+
+
+def is_valid_request_id(value: str | None) -> bool:
+    """True for 1-128 characters of ``[A-Za-z0-9._-]`` (the ids we accept from clients)."""
+    return bool(value) and _REQUEST_ID_RE.match(value) is not None  # type: ignore[arg-type]
+
+
+def new_request_id() -> str:
+    """Make a fresh request id (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+def get_request_id() -> str | None:
+    """The request id of the current request, or the one bound by :func:`bind_request_id`.
+
+    ``None`` outside both. Safe to call from any thread or job.
+    """
+    return _request_id.get()
+
+
+@contextlib.contextmanager
+def bind_request_id(request_id: str | None) -> t.Iterator[str]:
+    """Make ``request_id`` the current id for the block (a new one if ``None``).
+
+    Background jobs use this so their log lines carry the id of the request that
+    queued them.
+    """
+    rid = request_id if request_id and is_valid_request_id(request_id) else new_request_id()
+    token = _request_id.set(rid)
+    try:
+        yield rid
+    finally:
+        _request_id.reset(token)
+
+
+def set_log_context(**fields: t.Any) -> None:
+    """Add fields to every later log line of the current request (or bound block).
+
+    The auth part calls ``set_log_context(user_id=...)`` once it knows the caller.
+    """
+    current = _log_context.get()
+    if current is None:
+        current = {}
+        _log_context.set(current)
+    current.update(fields)
+
+
+def redact(value: t.Any, keys: t.Sequence[str] = DEFAULT_REDACT_KEYS) -> t.Any:
+    """Return ``value`` with secrets masked: values under secret-looking keys, bearer
+    credentials and JWTs inside strings."""
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if any(s in str(k).lower() for s in keys) else redact(v, keys)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [redact(v, keys) for v in value]
+    if isinstance(value, str) and ("eyJ" in value or "earer" in value or "asic" in value):
+        return _JWT_RE.sub(REDACTED, _BEARER_RE.sub(r"\1 " + REDACTED, value))
+    return value
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON object: timestamp, level, message, logger,
+    request_id, the request's log context, any ``extra`` fields and, for
+    exceptions, ``exc_type``, ``exc_message`` and ``stack``. Secrets are redacted."""
+
+    def __init__(self, redact_keys: t.Sequence[str] = DEFAULT_REDACT_KEYS) -> None:
+        super().__init__()
+        self.redact_keys = tuple(k.lower() for k in redact_keys)
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, t.Any] = {
+            "timestamp": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "message": record.getMessage(),
+            "logger": record.name,
+            "request_id": _request_id.get(),
+        }
+        context = _log_context.get()
+        if context:
+            entry.update(context)
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info and record.exc_info[0] is not None:
+            exc_type, exc, tb = record.exc_info
+            entry["exc_type"] = exc_type.__name__
+            entry["exc_message"] = str(exc)
+            entry["stack"] = "".join(traceback.format_exception(exc_type, exc, tb))
+        elif record.stack_info:
+            entry["stack"] = record.stack_info
+        return json.dumps(redact(entry, self.redact_keys), default=str, ensure_ascii=False)
+
+
+_HANDLER_MARK = "_backend_patterns_json"
+
+
+def configure_json_logging(level: int | str = logging.INFO, redact_keys: t.Sequence[str] = DEFAULT_REDACT_KEYS,
+                           stream: t.TextIO | None = None) -> logging.Handler:
+    """Send every log record (the root logger's) to ``stream`` as JSON lines.
+
+    Idempotent: a handler installed by an earlier call is replaced, not doubled.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, _HANDLER_MARK, False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter(redact_keys))
+    setattr(handler, _HANDLER_MARK, True)
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler
+
+
+@dataclass
+class RequestLoggingState:
+    """Per-app state of :class:`RequestLogging`."""
+
+    header: str
+    access_log: bool
+    access_logger: logging.Logger = field(repr=False)
+
+
+class RequestLogging:
+    """Request ids and one JSON access line per request.
+
+    Config keys (defaults in brackets):
+
+    - ``BACKEND_LOGGING_CONFIGURE`` [True]: send all log records to stderr as JSON
+      lines (root logger); False leaves handlers to you (use :class:`JsonFormatter`).
+    - ``BACKEND_LOGGING_LEVEL`` ["INFO"]: root level when configuring.
+    - ``BACKEND_LOGGING_ACCESS_LOG`` [True]: write the access line.
+    - ``BACKEND_LOGGING_REQUEST_ID_HEADER`` ["X-Request-ID"].
+    - ``BACKEND_LOGGING_REDACT_KEYS`` [password, secret, token, authorization, ...].
+    """
+
+    def __init__(self, app: Flask | None = None) -> None:
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Register the request hooks on ``app``.
+
+        :raises RuntimeError: already registered on this app.
+        :raises ValueError: a config value of the wrong type or an unknown level.
+        """
+        app.config.setdefault("BACKEND_LOGGING_CONFIGURE", True)
+        app.config.setdefault("BACKEND_LOGGING_LEVEL", "INFO")
+        app.config.setdefault("BACKEND_LOGGING_ACCESS_LOG", True)
+        app.config.setdefault("BACKEND_LOGGING_REQUEST_ID_HEADER", "X-Request-ID")
+        app.config.setdefault("BACKEND_LOGGING_REDACT_KEYS", list(DEFAULT_REDACT_KEYS))
+        level = app.config["BACKEND_LOGGING_LEVEL"]
+        if isinstance(level, str):
+            if level.upper() not in logging.getLevelNamesMapping():
+                raise ValueError(f"BACKEND_LOGGING_LEVEL: unknown level {level!r}")
+            level = level.upper()
+        redact_keys = config_list(app.config["BACKEND_LOGGING_REDACT_KEYS"], "BACKEND_LOGGING_REDACT_KEYS")
+        state = RequestLoggingState(
+            header=str(app.config["BACKEND_LOGGING_REQUEST_ID_HEADER"]),
+            access_log=config_bool(app.config["BACKEND_LOGGING_ACCESS_LOG"], "BACKEND_LOGGING_ACCESS_LOG"),
+            access_logger=logging.getLogger("flask_backend_patterns.access"),
+        )
+        register_state(app, EXTENSION_KEY, state)
+        if config_bool(app.config["BACKEND_LOGGING_CONFIGURE"], "BACKEND_LOGGING_CONFIGURE"):
+            configure_json_logging(level, redact_keys)
+            app.logger.removeHandler(default_handler)
+        # First hook of all, so that every later hook and error already has the id.
+        app.before_request_funcs.setdefault(None, []).insert(0, _start_request)
+        app.after_request(_finish_request)
+        app.teardown_request(_teardown_request)
+
+
+def _start_request() -> None:
+    state = get_state()
+    incoming = request.headers.get(state.header)
+    rid = incoming if incoming and is_valid_request_id(incoming) else new_request_id()
+    g._fbp_log = (time.perf_counter(), _request_id.set(rid), _log_context.set({"user_id": None}))
+
+
+def _finish_request(response: Response) -> Response:
+    state = get_state()
+    rid = _request_id.get()
+    if rid is not None:
+        response.headers[state.header] = rid
+    started = g.get("_fbp_log")
+    if state.access_log and started is not None:
+        status = response.status_code
+        state.access_logger.log(
+            logging.ERROR if status >= 500 else logging.INFO,
+            "%s %s %s",
+            request.method,
+            request.path,
+            status,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started[0]) * 1000, 3),
+                "remote_addr": request.remote_addr,
+            },
+        )
+    return response
+
+
+def _teardown_request(_exc: BaseException | None) -> None:
+    started = g.pop("_fbp_log", None)
+    if started is not None:
+        _log_context.reset(started[2])
+        _request_id.reset(started[1])
+
+
+def get_state(app: Flask | None = None) -> RequestLoggingState:
+    """Return the :class:`RequestLogging` state of ``app`` (or the current app)."""
+    return lookup_state(EXTENSION_KEY, RequestLoggingState, app)

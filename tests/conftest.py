@@ -1,0 +1,156 @@
+"""Fixtures shared by every test: app, client, db, a query counter.
+
+With ``DATABASE_URL``/``REDIS_URL`` set (CI sets both) the tests use the real
+PostgreSQL and Redis; otherwise SQLite in a temporary folder. Under ``CI=true`` a
+missing or unreachable service fails the run instead of skipping tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import typing as t
+
+import pytest
+import sqlalchemy as sa
+
+from example_app import create_app
+from example_app.config import _database_url
+from example_app.extensions import db as _db
+
+DATABASE_URL = os.environ.get("DATABASE_URL")
+REDIS_URL = os.environ.get("REDIS_URL")
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+
+
+def _check_services() -> None:
+    if not DATABASE_URL or not REDIS_URL:
+        raise pytest.UsageError("CI=true needs DATABASE_URL and REDIS_URL: the services are required in CI")
+    engine = sa.create_engine(_database_url(DATABASE_URL))
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        raise pytest.UsageError(f"PostgreSQL at DATABASE_URL does not answer: {exc}") from exc
+    finally:
+        engine.dispose()
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        raise pytest.UsageError(f"Redis at REDIS_URL does not answer: {exc}") from exc
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if IN_CI:
+        _check_services()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"database: {'PostgreSQL' if DATABASE_URL else 'SQLite'}; redis: {'yes' if REDIS_URL else 'no'}"
+
+
+@pytest.fixture(scope="session")
+def database_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    if DATABASE_URL:
+        return _database_url(DATABASE_URL)
+    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+
+
+def make_app(database_uri: str, **overrides: t.Any) -> t.Any:
+    """The example app configured for tests."""
+    config = {
+        "TESTING": True,
+        "SQLALCHEMY_DATABASE_URI": database_uri,
+        "SECRET_KEY": TEST_SECRET,
+        "EXAMPLE_AUTO_MIGRATE": False,
+        "BACKEND_LOGGING_CONFIGURE": False,
+        **overrides,
+    }
+    return create_app(config)
+
+
+@pytest.fixture(scope="session")
+def _schema(database_uri: str) -> t.Iterator[None]:
+    app = make_app(database_uri)
+    with app.app_context():
+        _db.drop_all()
+        _db.create_all()
+    yield
+    with app.app_context():
+        _db.drop_all()
+        _db.engine.dispose()
+
+
+@pytest.fixture
+def app(database_uri: str, _schema: None) -> t.Iterator[t.Any]:
+    app = make_app(database_uri)
+    with app.app_context():
+        yield app
+        _db.session.remove()
+        with _db.engine.begin() as conn:
+            for table in reversed(_db.metadata.sorted_tables):
+                conn.execute(table.delete())
+        _db.engine.dispose()
+
+
+@pytest.fixture
+def app_factory(database_uri: str) -> t.Iterator[t.Callable[..., t.Any]]:
+    """``app_factory(uri=None, **config)``: more apps for a test; their engines are closed after it."""
+    made: list[t.Any] = []
+
+    def factory(uri: str | None = None, **overrides: t.Any) -> t.Any:
+        made.append(make_app(uri or database_uri, **overrides))
+        return made[-1]
+
+    yield factory
+    for extra in made:
+        with extra.app_context():
+            _db.engine.dispose()
+
+
+@pytest.fixture
+def client(app: t.Any) -> t.Any:
+    return app.test_client()
+
+
+@pytest.fixture
+def db(app: t.Any) -> t.Any:
+    return _db
+
+
+_TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+
+
+class QueryCounter:
+    """Counts the queries sent to the database while active (not BEGIN/COMMIT/...)."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+
+@pytest.fixture
+def count_queries(db: t.Any) -> t.Callable[[], t.ContextManager[QueryCounter]]:
+    """``with count_queries() as q: ...; assert q.count == 2``."""
+
+    @contextlib.contextmanager
+    def counting() -> t.Iterator[QueryCounter]:
+        counter = QueryCounter()
+
+        def before(conn: t.Any, cursor: t.Any, statement: str, *args: t.Any) -> None:
+            if not statement.lstrip().upper().startswith(_TRANSACTION_CONTROL):
+                counter.statements.append(statement)
+
+        sa.event.listen(db.engine, "before_cursor_execute", before)
+        try:
+            yield counter
+        finally:
+            sa.event.remove(db.engine, "before_cursor_execute", before)
+
+    return counting

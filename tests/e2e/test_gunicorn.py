@@ -1,0 +1,98 @@
+"""The production entry point: gunicorn with several workers, over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TEST_SECRET
+from tests.factories import make_markets
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], dict]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, dict(exc.headers), json.loads(exc.read())
+
+
+@pytest.fixture
+def server(app, database_uri, tmp_path):
+    make_markets(30)
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": database_uri, "FLASK_SECRET_KEY": TEST_SECRET,
+           "FLASK_EXAMPLE_AUTO_MIGRATE": "false"}
+    log_path = tmp_path / "gunicorn.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5",
+             "example_app:create_app()"],
+            cwd=Path(__file__).resolve().parents[2], env=env, stdout=log_file, stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if get(f"{base}/healthz")[0] == 200:
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(log_path.read_text()) from None
+                time.sleep(0.2)
+        yield base, log_path
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_serves_lists_across_workers_with_shared_cursor_secret(server):
+    base, _ = server
+    seen, url = [], f"{base}/api/markets?limit=4&sort=-volume"
+    for _ in range(20):  # bounded: 30 rows / 4 per page
+        status, _, body = get(url)
+        assert status == 200
+        seen += [m["id"] for m in body["data"]]
+        if not body["meta"]["next_cursor"]:
+            break
+        url = f"{base}/api/markets?limit=4&sort=-volume&cursor={body['meta']['next_cursor']}"
+    assert len(seen) == len(set(seen)) == 30
+
+
+def test_errors_and_request_ids_over_http(server):
+    base, log_path = server
+    status, headers, body = get(f"{base}/api/markets?limit=500", {"X-Request-ID": "e2e-req-1"})
+    assert status == 400 and body["code"] == "validation_error" and body["request_id"] == "e2e-req-1"
+    assert headers["X-Request-ID"] == "e2e-req-1" and headers["Content-Type"] == "application/json"
+    status, _, body = get(f"{base}/nope")
+    assert status == 404 and body["code"] == "not_found"
+    deadline = time.monotonic() + 5
+    while "e2e-req-1" not in log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    access = [line for line in lines if line.get("request_id") == "e2e-req-1"]
+    assert access and access[0]["status"] == 400 and access[0]["path"] == "/api/markets"
+
+
+def test_readyz_over_http(server):
+    base, _ = server
+    status, _, body = get(f"{base}/readyz")
+    assert status == 200 and body["data"]["checks"]["database"] == "ok"

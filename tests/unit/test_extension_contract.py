@@ -1,0 +1,79 @@
+"""The contract every extension keeps (STYLE.md): init forms, twice, no app, two apps."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+
+from flask_backend_patterns import extension as umbrella
+from flask_backend_patterns import errors
+from flask_backend_patterns import logging as fbp_logging
+
+PARTS = [
+    pytest.param(errors.ErrorHandler, errors.get_state, id="errors"),
+    pytest.param(fbp_logging.RequestLogging, fbp_logging.get_state, id="logging"),
+    pytest.param(umbrella.BackendPatterns, umbrella.get_state, id="umbrella"),
+]
+
+
+def new_app(name="app"):
+    app = Flask(name)
+    app.config.update(TESTING=True, BACKEND_LOGGING_CONFIGURE=False)
+    return app
+
+
+@pytest.mark.parametrize(("ext_type", "get_state"), PARTS)
+def test_init_with_app_in_constructor(ext_type, get_state):
+    app = new_app()
+    ext_type(app)
+    assert get_state(app) is not None
+
+
+@pytest.mark.parametrize(("ext_type", "get_state"), PARTS)
+def test_init_app_later(ext_type, get_state):
+    app = new_app()
+    ext = ext_type()
+    ext.init_app(app)
+    with app.app_context():
+        assert get_state() is get_state(app)
+
+
+@pytest.mark.parametrize(("ext_type", "get_state"), PARTS)
+def test_registering_twice_is_an_error(ext_type, get_state):
+    app = new_app()
+    ext = ext_type(app)
+    with pytest.raises(RuntimeError, match="already registered"):
+        ext.init_app(app)
+
+
+@pytest.mark.parametrize(("ext_type", "get_state"), PARTS)
+def test_state_outside_app_context_is_a_clear_error(ext_type, get_state):
+    with pytest.raises(RuntimeError, match="application context"):
+        get_state()
+
+
+@pytest.mark.parametrize(("ext_type", "get_state"), PARTS)
+def test_not_registered_says_init_app(ext_type, get_state):
+    app = new_app()
+    with app.app_context(), pytest.raises(RuntimeError, match="init_app"):
+        get_state()
+
+
+@pytest.mark.parametrize(("ext_type", "get_state"), PARTS)
+def test_one_extension_two_apps(ext_type, get_state):
+    ext = ext_type()
+    first, second = new_app("first"), new_app("second")
+    ext.init_app(first)
+    ext.init_app(second)
+    assert get_state(first) is not get_state(second)
+    for app in (first, second):
+        response = app.test_client().get("/missing")
+        assert response.status_code == 404
+
+
+def test_umbrella_registers_enabled_parts_only():
+    app = new_app()
+    app.config["BACKEND_LOGGING_ENABLED"] = False
+    umbrella.BackendPatterns(app)
+    assert umbrella.get_state(app).parts == ["errors"]
+    assert "backend_patterns.logging" not in app.extensions
