@@ -12,10 +12,10 @@ from flask import Flask
 from werkzeug.security import generate_password_hash
 
 from .extensions import db
-from .models import MARKET_STATUSES
 from .models import Market
-from .models import User
+from .models import MARKET_STATUSES
 from .models import new_id
+from .models import User
 
 _WORDS = (
     "election bitcoin rain championship launch rate inflation merger final treaty summit "
@@ -44,11 +44,17 @@ def seed_command(n_markets: int, n_users: int, batch_size: int, rng_seed: int | 
     """
     rng = random.Random(rng_seed)
     password_hash = generate_password_hash(DEMO_PASSWORD)  # hashed once: hashing is slow by design
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     start = db.session.scalar(sa.select(sa.func.count()).select_from(User)) or 0
     users = [
-        {"id": new_id(), "email": f"user{start + i}@example.com", "name": f"Demo User {start + i}",
-         "password_hash": password_hash, "role": "user", "created_at": now}
+        {
+            "id": new_id(),
+            "email": f"user{start + i}@example.com",
+            "name": f"Demo User {start + i}",
+            "password_hash": password_hash,
+            "role": "user",
+            "created_at": now,
+        }
         for i in range(n_users)
     ]
     db.session.execute(sa.insert(User), users)
@@ -59,13 +65,19 @@ def seed_command(n_markets: int, n_users: int, batch_size: int, rng_seed: int | 
             for _ in range(size):
                 created = now - dt.timedelta(seconds=rng.randrange(0, 365 * 24 * 3600))
                 words = rng.sample(_WORDS, 3)
-                rows.append({
-                    "id": new_id(), "name": f"Will the {words[0]} {words[1]} {words[2]} happen?",
-                    "description": f"Resolves yes if the {words[0]} {words[1]} {words[2]} happens.",
-                    "status": rng.choice(MARKET_STATUSES), "volume": round(rng.uniform(0, 1_000_000), 2),
-                    "creator_id": rng.choice(user_ids), "created_at": created, "updated_at": created,
-                    "version": 1,
-                })
+                rows.append(
+                    {
+                        "id": new_id(),
+                        "name": f"Will the {words[0]} {words[1]} {words[2]} happen?",
+                        "description": f"Resolves yes if the {words[0]} {words[1]} {words[2]} happens.",
+                        "status": rng.choice(MARKET_STATUSES),
+                        "volume": round(rng.uniform(0, 1_000_000), 2),
+                        "creator_id": rng.choice(user_ids),
+                        "created_at": created,
+                        "updated_at": created,
+                        "version": 1,
+                    }
+                )
             db.session.execute(sa.insert(Market), rows)
             bar.update(size)
     db.session.commit()

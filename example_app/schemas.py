@@ -38,12 +38,17 @@ def _sort_choices(fields: t.Sequence[str]) -> list[str]:
 class PageQuerySchema(ma.Schema):
     """limit/offset/cursor, shared by every list."""
 
-    limit = ma.fields.Integer(load_default=20, validate=validate.Range(1, 100),
-                              metadata={"description": "Page size, 1 to 100"})
-    offset = ma.fields.Integer(validate=validate.Range(0, SQLAlchemyRepository.max_offset),
-                               metadata={"description": "Rows to skip; not with cursor"})
-    cursor = ma.fields.String(validate=validate.Length(min=1, max=2048),
-                              metadata={"description": "meta.next_cursor of the previous page"})
+    limit = ma.fields.Integer(
+        load_default=20, validate=validate.Range(1, 100), metadata={"description": "Page size, 1 to 100"}
+    )
+    offset = ma.fields.Integer(
+        validate=validate.Range(0, SQLAlchemyRepository.max_offset),
+        metadata={"description": "Rows to skip; not with cursor"},
+    )
+    cursor = ma.fields.String(
+        validate=validate.Length(min=1, max=2048),
+        metadata={"description": "meta.next_cursor of the previous page"},
+    )
 
     @ma.validates_schema
     def _offset_or_cursor(self, data: dict[str, t.Any], **kwargs: t.Any) -> None:
@@ -52,14 +57,24 @@ class PageQuerySchema(ma.Schema):
 
 
 class MarketListQuerySchema(PageQuerySchema):
-    status = CommaList(ma.fields.String(validate=validate.OneOf(MARKET_STATUSES)),
-                       metadata={"description": "Filter; repeat or comma-separate for several"})
-    sort = ma.fields.String(load_default="-created_at", validate=validate.OneOf(_sort_choices(MARKET_SORT_FIELDS)),
-                            metadata={"description": "Field, '-' prefix for descending; ties by id"})
-    fields = CommaList(ma.fields.String(validate=validate.OneOf(MARKET_FIELDS)), validate=validate.Length(min=1),
-                       metadata={"description": "Return (and select) only these fields"})
-    include = CommaList(ma.fields.String(validate=validate.OneOf(["creator"])),
-                        metadata={"description": "Embed related objects: creator"})
+    status = CommaList(
+        ma.fields.String(validate=validate.OneOf(MARKET_STATUSES)),
+        metadata={"description": "Filter; repeat or comma-separate for several"},
+    )
+    sort = ma.fields.String(
+        load_default="-created_at",
+        validate=validate.OneOf(_sort_choices(MARKET_SORT_FIELDS)),
+        metadata={"description": "Field, '-' prefix for descending; ties by id"},
+    )
+    fields = CommaList(
+        ma.fields.String(validate=validate.OneOf(MARKET_FIELDS)),
+        validate=validate.Length(min=1),
+        metadata={"description": "Return (and select) only these fields"},
+    )
+    include = CommaList(
+        ma.fields.String(validate=validate.OneOf(["creator"])),
+        metadata={"description": "Embed related objects: creator"},
+    )
 
 
 class MarketGetQuerySchema(ma.Schema):
@@ -69,8 +84,9 @@ class MarketGetQuerySchema(ma.Schema):
 
 class PositionListQuerySchema(PageQuerySchema):
     outcome = CommaList(ma.fields.String(validate=validate.OneOf(OUTCOMES)))
-    sort = ma.fields.String(load_default="-created_at",
-                            validate=validate.OneOf(_sort_choices(POSITION_SORT_FIELDS)))
+    sort = ma.fields.String(
+        load_default="-created_at", validate=validate.OneOf(_sort_choices(POSITION_SORT_FIELDS))
+    )
 
 
 class UserSummarySchema(ma.Schema):

@@ -31,8 +31,9 @@ class MarketService(Service[Market]):
 
     repository: MarketRepository
 
-    def __init__(self, markets: MarketRepository | None = None,
-                 positions: PositionRepository | None = None) -> None:
+    def __init__(
+        self, markets: MarketRepository | None = None, positions: PositionRepository | None = None
+    ) -> None:
         super().__init__(markets or MarketRepository())
         self.positions = positions or PositionRepository(self.repository.session)
 
@@ -40,16 +41,22 @@ class MarketService(Service[Market]):
         """One page of markets; see :meth:`SQLAlchemyRepository.find_page`."""
         return self.repository.find_page(**query)
 
-    def get_market(self, market_id: str, *, fields: t.Sequence[str] | None = None,
-                   include: t.Sequence[str] = ()) -> Market:
+    def get_market(
+        self, market_id: str, *, fields: t.Sequence[str] | None = None, include: t.Sequence[str] = ()
+    ) -> Market:
         """One market.
 
         :raises NotFoundError: no such market.
         """
         return self.get(market_id, fields=fields, include=include)
 
-    def create_market(self, data: t.Mapping[str, t.Any], *, creator_id: str,
-                      initial_position: t.Mapping[str, t.Any] | None = None) -> Market:
+    def create_market(
+        self,
+        data: t.Mapping[str, t.Any],
+        *,
+        creator_id: str,
+        initial_position: t.Mapping[str, t.Any] | None = None,
+    ) -> Market:
         """Create a market and, if given, its creator's first position: both or neither."""
         with transaction(self.repository.session):
             market = self.repository.create({**data, "creator_id": creator_id})
@@ -57,7 +64,9 @@ class MarketService(Service[Market]):
                 self.positions.create({**initial_position, "market_id": market.id, "user_id": creator_id})
             return market
 
-    def replace_market(self, market_id: str, data: t.Mapping[str, t.Any], *, if_match: str | None = None) -> Market:
+    def replace_market(
+        self, market_id: str, data: t.Mapping[str, t.Any], *, if_match: str | None = None
+    ) -> Market:
         """Replace every writable field (absent optional ones are reset).
 
         :raises NotFoundError: no such market.
@@ -66,7 +75,9 @@ class MarketService(Service[Market]):
         full = {name: data.get(name) for name in WRITABLE_MARKET_FIELDS}
         return self.update_market(market_id, full, if_match=if_match)
 
-    def update_market(self, market_id: str, changes: t.Mapping[str, t.Any], *, if_match: str | None = None) -> Market:
+    def update_market(
+        self, market_id: str, changes: t.Mapping[str, t.Any], *, if_match: str | None = None
+    ) -> Market:
         """Change only the given fields.
 
         :raises NotFoundError: no such market.

@@ -17,10 +17,10 @@ from .errors import ServiceUnavailableError
 from .errors import UnauthorizedError
 from .errors import ValidationError
 from .extension import BackendPatterns
-from .logging import JsonFormatter
-from .logging import RequestLogging
 from .logging import bind_request_id
 from .logging import get_request_id
+from .logging import JsonFormatter
+from .logging import RequestLogging
 from .logging import set_log_context
 from .repository import Include
 from .repository import Page

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typing as t
 
-from flask import Flask
 from flask import current_app
+from flask import Flask
 
 StateT = t.TypeVar("StateT")
 
@@ -16,9 +16,7 @@ def register_state(app: Flask, key: str, state: object) -> None:
     :raises RuntimeError: the part is already registered on this app.
     """
     if key in app.extensions:
-        raise RuntimeError(
-            f"{key!r} is already registered on app {app.name!r}; call init_app once per app."
-        )
+        raise RuntimeError(f"{key!r} is already registered on app {app.name!r}; call init_app once per app.")
     app.extensions[key] = state
 
 
@@ -29,9 +27,7 @@ def lookup_state(key: str, state_type: type[StateT], app: Flask | None = None) -
     """
     if app is None:
         if not current_app:
-            raise RuntimeError(
-                f"{key!r} needs an application context: use 'with app.app_context():'."
-            )
+            raise RuntimeError(f"{key!r} needs an application context: use 'with app.app_context():'.")
         app = current_app._get_current_object()  # type: ignore[attr-defined]
     try:
         state = app.extensions[key]
@@ -69,7 +65,7 @@ def config_list(value: object, key: str) -> list[str]:
 def config_int(value: object, key: str, *, minimum: int | None = None) -> int:
     """Read an integer config value (an int or a numeric string)."""
     try:
-        number = int(value)  # type: ignore[call-overload]
+        number: int = int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         raise ValueError(f"{key} must be an integer, got {value!r}") from None
     if isinstance(value, bool) or (minimum is not None and number < minimum):

@@ -17,10 +17,10 @@ import typing as t
 import flask_smorest
 import marshmallow as ma
 from flask import Blueprint as FlaskBlueprint
-from flask import Flask
-from flask import Response
 from flask import current_app
+from flask import Flask
 from flask import g
+from flask import Response
 from werkzeug.exceptions import HTTPException
 
 from .errors import handle_http_exception
@@ -58,12 +58,12 @@ def envelope_schema(schema: ma.Schema) -> type[ma.Schema]:
     key = (type(schema), bool(schema.many), only)
     if key not in _ENVELOPES:
         inner = type(schema)(only=only) if only else type(schema)()
-        data: ma.fields.Field = (
+        data: ma.fields.Field[t.Any] = (
             ma.fields.List(ma.fields.Nested(inner), required=True)
             if schema.many
             else ma.fields.Nested(inner, required=True)
         )
-        fields: dict[str, ma.fields.Field] = {
+        fields: dict[str, ma.fields.Field[t.Any]] = {
             "success": ma.fields.Boolean(required=True, metadata={"example": True}),
             "data": data,
         }
@@ -80,20 +80,25 @@ def set_meta(meta: t.Mapping[str, t.Any]) -> None:
     g._fbp_meta = dict(meta)
 
 
-def envelope(data: t.Any, *, meta: t.Mapping[str, t.Any] | None = None, status: int = 200,
-             headers: t.Mapping[str, str] | None = None) -> Response:
+def envelope(
+    data: t.Any,
+    *,
+    meta: t.Mapping[str, t.Any] | None = None,
+    status: int = 200,
+    headers: t.Mapping[str, str] | None = None,
+) -> Response:
     """Build a success-envelope response from already serialised ``data``."""
     payload: dict[str, t.Any] = {"success": True, "data": data}
     if meta is not None:
         payload["meta"] = meta
-    response = current_app.json.response(payload)
+    response: Response = current_app.json.response(payload)  # type: ignore[assignment]
     response.status_code = status
     if headers:
         response.headers.update(headers)
     return response
 
 
-class Blueprint(flask_smorest.Blueprint):
+class Blueprint(flask_smorest.Blueprint):  # type: ignore[misc]
     """A flask-smorest ``Blueprint`` whose responses use the success envelope."""
 
     def _make_doc_response_schema(self, schema: t.Any) -> t.Any:
@@ -109,7 +114,7 @@ class Blueprint(flask_smorest.Blueprint):
         return payload
 
 
-class Api(flask_smorest.Api):
+class Api(flask_smorest.Api):  # type: ignore[misc]
     """flask-smorest's ``Api`` with the error envelope and offline Swagger UI.
 
     When ``OPENAPI_SWAGGER_UI_PATH`` is set and ``OPENAPI_SWAGGER_UI_URL`` is not, the
@@ -121,14 +126,21 @@ class Api(flask_smorest.Api):
 
     def init_app(self, app: Flask, *, spec_kwargs: dict[str, t.Any] | None = None) -> None:
         prefix = app.config.get("OPENAPI_URL_PREFIX")
-        if (app.config.get("OPENAPI_SWAGGER_UI_PATH") is not None and prefix is not None
-                and app.config.get("OPENAPI_SWAGGER_UI_URL") is None):
+        if (
+            app.config.get("OPENAPI_SWAGGER_UI_PATH") is not None
+            and prefix is not None
+            and app.config.get("OPENAPI_SWAGGER_UI_URL") is None
+        ):
             from swagger_ui_bundle import swagger_ui_path
 
             url = "/" + "/".join(p for p in (prefix.strip("/"), "docs-assets") if p)
             app.register_blueprint(
-                FlaskBlueprint("backend_patterns_docs_assets", __name__,
-                               static_folder=str(swagger_ui_path), static_url_path=url)
+                FlaskBlueprint(
+                    "backend_patterns_docs_assets",
+                    __name__,
+                    static_folder=str(swagger_ui_path),
+                    static_url_path=url,
+                )
             )
             app.config["OPENAPI_SWAGGER_UI_URL"] = url + "/"
         super().init_app(app, spec_kwargs=spec_kwargs)

@@ -15,9 +15,9 @@ import logging
 import typing as t
 from dataclasses import dataclass
 
+from flask import current_app
 from flask import Flask
 from flask import Response
-from flask import current_app
 from werkzeug.exceptions import HTTPException
 
 from ._extension import lookup_state
@@ -102,7 +102,9 @@ class UnauthorizedError(ApiError):
     code = "unauthorized"
     message = "Authentication required"
 
-    def __init__(self, message: str | None = None, *, error: str | None = "invalid_token", **kw: t.Any) -> None:
+    def __init__(
+        self, message: str | None = None, *, error: str | None = "invalid_token", **kw: t.Any
+    ) -> None:
         super().__init__(message, **kw)
         challenge = 'Bearer realm="api"'
         if error:
@@ -189,7 +191,7 @@ def error_response(
     payload["request_id"] = get_request_id()
     if details:
         payload["details"] = details
-    response = current_app.json.response(payload)
+    response: Response = current_app.json.response(payload)  # type: ignore[assignment]
     response.status_code = status
     if headers:
         response.headers.update(headers)
@@ -274,8 +276,11 @@ def _sqlalchemy_handlers() -> list[tuple[type[Exception], t.Callable[[t.Any], Re
             503, "unavailable", "Database unavailable, try again shortly", headers={"Retry-After": "1"}
         )
 
-    return [(sa_exc.IntegrityError, integrity), (sa_exc.DataError, data_error),
-            (sa_exc.OperationalError, unavailable)]
+    return [
+        (sa_exc.IntegrityError, integrity),
+        (sa_exc.DataError, data_error),
+        (sa_exc.OperationalError, unavailable),
+    ]
 
 
 @dataclass

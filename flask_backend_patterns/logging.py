@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from dataclasses import field
 
 from flask import Flask
-from flask import Response
 from flask import g
-from flask import has_request_context
 from flask import request
+from flask import Response
 from flask.logging import default_handler
 
 from ._extension import config_bool
@@ -128,9 +127,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, t.Any] = {
-            "timestamp": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(
-                timespec="milliseconds"
-            ),
+            "timestamp": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "message": record.getMessage(),
             "logger": record.name,
@@ -155,8 +152,11 @@ class JsonFormatter(logging.Formatter):
 _HANDLER_MARK = "_backend_patterns_json"
 
 
-def configure_json_logging(level: int | str = logging.INFO, redact_keys: t.Sequence[str] = DEFAULT_REDACT_KEYS,
-                           stream: t.TextIO | None = None) -> logging.Handler:
+def configure_json_logging(
+    level: int | str = logging.INFO,
+    redact_keys: t.Sequence[str] = DEFAULT_REDACT_KEYS,
+    stream: t.TextIO | None = None,
+) -> logging.Handler:
     """Send every log record (the root logger's) to ``stream`` as JSON lines.
 
     Idempotent: a handler installed by an earlier call is replaced, not doubled.

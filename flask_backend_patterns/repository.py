@@ -33,7 +33,7 @@ FILTER_OPERATORS = frozenset({"eq", "ne", "in", "not_in", "lt", "lte", "gt", "gt
 _CURSOR_SALT = "backend_patterns.repository.cursor"
 
 Filters = t.Mapping[str, t.Any]
-Sort = t.Union[str, t.Sequence[str], None]
+Sort = str | t.Sequence[str] | None
 
 
 @dataclass(frozen=True)
@@ -54,19 +54,36 @@ class Page(t.Generic[T]):
 class Repository(t.Protocol[ModelT]):
     """What the service layer needs from a repository."""
 
-    def find_by_id(self, id: t.Any, *, fields: t.Sequence[str] | None = None,
-                   include: t.Sequence[str] = ()) -> ModelT | None: ...
+    def find_by_id(
+        self, id: t.Any, *, fields: t.Sequence[str] | None = None, include: t.Sequence[str] = ()
+    ) -> ModelT | None: ...
 
     def find_by_ids(self, ids: t.Iterable[t.Any]) -> list[ModelT]: ...
 
-    def find_all(self, *, filters: Filters | None = None, sort: Sort = None, limit: int | None = None,
-                 offset: int = 0, cursor: str | None = None, fields: t.Sequence[str] | None = None,
-                 include: t.Sequence[str] = ()) -> list[ModelT]: ...
+    def find_all(
+        self,
+        *,
+        filters: Filters | None = None,
+        sort: Sort = None,
+        limit: int | None = None,
+        offset: int = 0,
+        cursor: str | None = None,
+        fields: t.Sequence[str] | None = None,
+        include: t.Sequence[str] = (),
+    ) -> list[ModelT]: ...
 
-    def find_page(self, *, filters: Filters | None = None, sort: Sort = None, limit: int | None = None,
-                  offset: int | None = None, cursor: str | None = None,
-                  fields: t.Sequence[str] | None = None, include: t.Sequence[str] = (),
-                  with_total: bool = True) -> Page[ModelT]: ...
+    def find_page(
+        self,
+        *,
+        filters: Filters | None = None,
+        sort: Sort = None,
+        limit: int | None = None,
+        offset: int | None = None,
+        cursor: str | None = None,
+        fields: t.Sequence[str] | None = None,
+        include: t.Sequence[str] = (),
+        with_total: bool = True,
+    ) -> Page[ModelT]: ...
 
     def count(self, filters: Filters | None = None) -> int: ...
 
@@ -94,20 +111,20 @@ class UtcDateTime(sa.types.TypeDecorator[dt.datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("UtcDateTime needs an aware datetime")
-        value = value.astimezone(dt.timezone.utc)
+        value = value.astimezone(dt.UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
-            return value.replace(tzinfo=dt.timezone.utc)
-        return value.astimezone(dt.timezone.utc)
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
 
 
 def utcnow() -> dt.datetime:
     """The current time, aware, in UTC."""
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -202,8 +219,12 @@ class SQLAlchemyRepository(t.Generic[ModelT]):
     #: beyond this an offset is refused (databases overflow; use cursors to go deep).
     max_offset: t.ClassVar[int] = 1_000_000_000
 
-    def __init__(self, session: orm.Session | orm.scoped_session[orm.Session] | None = None,
-                 *, cursor_secret: str | bytes | None = None) -> None:
+    def __init__(
+        self,
+        session: orm.Session | orm.scoped_session[orm.Session] | None = None,
+        *,
+        cursor_secret: str | bytes | None = None,
+    ) -> None:
         self._session = session
         self._cursor_secret = cursor_secret
 
@@ -226,11 +247,18 @@ class SQLAlchemyRepository(t.Generic[ModelT]):
         return t.cast(orm.Mapper[t.Any], sa.inspect(cls.model))
 
     @classmethod
-    def _pk(cls) -> sa.Column[t.Any]:
-        pk = cls._mapper().primary_key
-        if len(pk) != 1:
-            raise TypeError(f"{cls.__name__}: one primary key column is needed, {cls.model} has {len(pk)}")
-        return pk[0]
+    def _pk_name(cls) -> str:
+        """The attribute name of the (single) primary key."""
+        mapper = cls._mapper()
+        if len(mapper.primary_key) != 1:
+            raise TypeError(
+                f"{cls.__name__}: one primary key column is needed, {cls.model} has {len(mapper.primary_key)}"
+            )
+        return mapper.get_property_by_column(mapper.primary_key[0]).key
+
+    @classmethod
+    def _pk(cls) -> sa.ColumnElement[t.Any]:
+        return cls._column(cls._pk_name())
 
     @classmethod
     def _column(cls, name: str) -> sa.ColumnElement[t.Any]:
@@ -256,7 +284,9 @@ class SQLAlchemyRepository(t.Generic[ModelT]):
             op = op or ("in" if isinstance(value, (list, tuple, set, frozenset)) else "eq")
             allowed = self.filter_fields.get(name)
             if allowed is None:
-                raise _invalid("filters", f"'{name}' is not a filter field; use one of {sorted(self.filter_fields)}")
+                raise _invalid(
+                    "filters", f"'{name}' is not a filter field; use one of {sorted(self.filter_fields)}"
+                )
             if op not in allowed or op not in FILTER_OPERATORS:
                 raise _invalid("filters", f"operator '{op}' is not allowed on '{name}'")
             column = self._column(name)
@@ -266,8 +296,14 @@ class SQLAlchemyRepository(t.Generic[ModelT]):
             elif op == "contains":
                 clauses.append(column.icontains(str(value), autoescape=True))
             else:
-                operator = {"eq": "__eq__", "ne": "__ne__", "lt": "__lt__", "lte": "__le__",
-                            "gt": "__gt__", "gte": "__ge__"}[op]
+                operator = {
+                    "eq": "__eq__",
+                    "ne": "__ne__",
+                    "lt": "__lt__",
+                    "lte": "__le__",
+                    "gt": "__gt__",
+                    "gte": "__ge__",
+                }[op]
                 clauses.append(getattr(column, operator)(value))
         return clauses
 
@@ -277,7 +313,7 @@ class SQLAlchemyRepository(t.Generic[ModelT]):
             sort = self.default_sort
         tokens = [s.strip() for s in sort.split(",")] if isinstance(sort, str) else list(sort)
         keys: list[_SortKey] = []
-        pk = self._pk()
+        pk_name = self._pk_name()
         for token in tokens:
             if not token:
                 continue
@@ -287,24 +323,26 @@ class SQLAlchemyRepository(t.Generic[ModelT]):
             if any(k.name == name for k in keys):
                 raise _invalid("sort", f"'{name}' is given twice")
             keys.append(_SortKey(name, self._column(name), token.startswith("-")))
-        if not any(k.name == pk.key for k in keys):
+        if not any(k.name == pk_name for k in keys):
             # Ties are broken by primary key so that pages are stable.
-            keys.append(_SortKey(pk.key, self._column(pk.key), keys[-1].descending if keys else False))
+            keys.append(_SortKey(pk_name, self._column(pk_name), keys[-1].descending if keys else False))
         return keys
 
     def _check_page(self, limit: int | None, offset: int | None, cursor: str | None) -> int:
         limit = self.default_limit if limit is None else limit
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= self.max_limit:
             raise _invalid("limit", f"must be between 1 and {self.max_limit}")
-        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int)
-                                   or not 0 <= offset <= self.max_offset):
+        if offset is not None and (
+            isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= self.max_offset
+        ):
             raise _invalid("offset", f"must be between 0 and {self.max_offset}")
         if cursor is not None and offset:
             raise _invalid("cursor", "give either cursor or offset, not both")
         return limit
 
-    def _load_options(self, fields: t.Sequence[str] | None, include: t.Sequence[str],
-                      extra_columns: t.Iterable[str] = ()) -> list[t.Any]:
+    def _load_options(
+        self, fields: t.Sequence[str] | None, include: t.Sequence[str], extra_columns: t.Iterable[str] = ()
+    ) -> list[t.Any]:
         options: list[t.Any] = []
         relations: list[tuple[str, Include]] = []
         for name in include:
@@ -317,7 +355,7 @@ class SQLAlchemyRepository(t.Generic[ModelT]):
             unknown = [f for f in fields if f not in allowed]
             if unknown or not fields:
                 raise _invalid("fields", f"unknown field(s) {unknown}; use any of {sorted(allowed)}")
-            needed = dict.fromkeys([*fields, self._pk().key, *extra_columns])
+            needed = dict.fromkeys([*fields, self._pk_name(), *extra_columns])
             for _, spec in relations:
                 # The foreign keys a relation is loaded through must be loaded too.
                 rel = self._mapper().relationships[spec.relationship]
@@ -345,7 +383,7 @@ class SQLAlchemyRepository(t.Generic[ModelT]):
 
     def _encode_cursor(self, item: t.Any, keys: list[_SortKey]) -> str:
         values = [_encode_value(getattr(item, k.name)) for k in keys]
-        return t.cast(str, self._serializer().dumps({"s": [k.token for k in keys], "v": values}))
+        return str(self._serializer().dumps({"s": [k.token for k in keys], "v": values}))
 
     @staticmethod
     def _after(keys: list[_SortKey], values: list[t.Any]) -> sa.ColumnElement[bool]:
@@ -353,7 +391,7 @@ class SQLAlchemyRepository(t.Generic[ModelT]):
         if len({k.descending for k in keys}) == 1:
             # One direction: a row-value comparison, which an index on the keys serves.
             left = sa.tuple_(*(k.column for k in keys))
-            right = sa.tuple_(*(sa.literal(v, k.column.type) for k, v in zip(keys, values)))
+            right = sa.tuple_(*(sa.literal(v, k.column.type) for k, v in zip(keys, values, strict=True)))
             return left < right if keys[0].descending else left > right
         clauses = []
         for i, key in enumerate(keys):
@@ -362,9 +400,17 @@ class SQLAlchemyRepository(t.Generic[ModelT]):
             clauses.append(sa.and_(*equal, beyond))
         return sa.or_(*clauses)
 
-    def _list_statement(self, *, filters: Filters | None, sort: Sort, limit: int, offset: int | None,
-                        cursor: str | None, fields: t.Sequence[str] | None,
-                        include: t.Sequence[str]) -> tuple[sa.Select[t.Any], list[_SortKey]]:
+    def _list_statement(
+        self,
+        *,
+        filters: Filters | None,
+        sort: Sort,
+        limit: int,
+        offset: int | None,
+        cursor: str | None,
+        fields: t.Sequence[str] | None,
+        include: t.Sequence[str],
+    ) -> tuple[sa.Select[t.Any], list[_SortKey]]:
         keys = self._sort_keys(sort)
         stmt = sa.select(self.model).where(*self._filter_clauses(filters))
         if cursor is not None:
@@ -377,8 +423,9 @@ class SQLAlchemyRepository(t.Generic[ModelT]):
 
     # -- reads -------------------------------------------------------------------
 
-    def find_by_id(self, id: t.Any, *, fields: t.Sequence[str] | None = None,
-                   include: t.Sequence[str] = ()) -> ModelT | None:
+    def find_by_id(
+        self, id: t.Any, *, fields: t.Sequence[str] | None = None, include: t.Sequence[str] = ()
+    ) -> ModelT | None:
         """The row with this primary key, or ``None``."""
         stmt = sa.select(self.model).where(self._pk() == id).options(*self._load_options(fields, include))
         return t.cast("ModelT | None", self.session.scalars(stmt).first())
@@ -391,14 +438,22 @@ class SQLAlchemyRepository(t.Generic[ModelT]):
         wanted = list(dict.fromkeys(ids))
         if not wanted:
             return []
-        pk = self._pk()
-        rows = self.session.scalars(sa.select(self.model).where(pk.in_(wanted))).all()
-        by_id = {getattr(row, pk.key): row for row in rows}
+        pk_name = self._pk_name()
+        rows = self.session.scalars(sa.select(self.model).where(self._pk().in_(wanted))).all()
+        by_id = {getattr(row, pk_name): row for row in rows}
         return [by_id[i] for i in wanted if i in by_id]
 
-    def find_all(self, *, filters: Filters | None = None, sort: Sort = None, limit: int | None = None,
-                 offset: int = 0, cursor: str | None = None, fields: t.Sequence[str] | None = None,
-                 include: t.Sequence[str] = ()) -> list[ModelT]:
+    def find_all(
+        self,
+        *,
+        filters: Filters | None = None,
+        sort: Sort = None,
+        limit: int | None = None,
+        offset: int = 0,
+        cursor: str | None = None,
+        fields: t.Sequence[str] | None = None,
+        include: t.Sequence[str] = (),
+    ) -> list[ModelT]:
         """Rows matching ``filters`` (``field`` or ``field__op`` -> value), sorted, one page.
 
         ``sort`` is ``"name"``, ``"-name"`` or several, comma-separated; ties are
@@ -406,21 +461,43 @@ class SQLAlchemyRepository(t.Generic[ModelT]):
         access); ``include`` loads the named relations in one extra query each.
         """
         limit = self._check_page(limit, offset, cursor)
-        stmt, _ = self._list_statement(filters=filters, sort=sort, limit=limit, offset=offset,
-                                       cursor=cursor, fields=fields, include=include)
+        stmt, _ = self._list_statement(
+            filters=filters,
+            sort=sort,
+            limit=limit,
+            offset=offset,
+            cursor=cursor,
+            fields=fields,
+            include=include,
+        )
         return list(self.session.scalars(stmt).all())
 
-    def find_page(self, *, filters: Filters | None = None, sort: Sort = None, limit: int | None = None,
-                  offset: int | None = None, cursor: str | None = None,
-                  fields: t.Sequence[str] | None = None, include: t.Sequence[str] = (),
-                  with_total: bool = True) -> Page[ModelT]:
+    def find_page(
+        self,
+        *,
+        filters: Filters | None = None,
+        sort: Sort = None,
+        limit: int | None = None,
+        offset: int | None = None,
+        cursor: str | None = None,
+        fields: t.Sequence[str] | None = None,
+        include: t.Sequence[str] = (),
+        with_total: bool = True,
+    ) -> Page[ModelT]:
         """Like :meth:`find_all`, with the total count and the next page's cursor.
 
         A cursor page costs the same at any depth; ``offset`` pages grow with depth.
         """
         limit = self._check_page(limit, offset, cursor)
-        stmt, keys = self._list_statement(filters=filters, sort=sort, limit=limit + 1,
-                                          offset=offset, cursor=cursor, fields=fields, include=include)
+        stmt, keys = self._list_statement(
+            filters=filters,
+            sort=sort,
+            limit=limit + 1,
+            offset=offset,
+            cursor=cursor,
+            fields=fields,
+            include=include,
+        )
         items = list(self.session.scalars(stmt).all())
         next_cursor = None
         if len(items) > limit:

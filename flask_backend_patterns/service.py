@@ -34,8 +34,9 @@ class Service(t.Generic[ModelT]):
         """One page of rows; ``query`` as :meth:`SQLAlchemyRepository.find_page`."""
         return self.repository.find_page(**query)
 
-    def get(self, id: t.Any, *, fields: t.Sequence[str] | None = None,
-            include: t.Sequence[str] = ()) -> ModelT:
+    def get(
+        self, id: t.Any, *, fields: t.Sequence[str] | None = None, include: t.Sequence[str] = ()
+    ) -> ModelT:
         """The row ``id``.
 
         :raises NotFoundError: no such row.

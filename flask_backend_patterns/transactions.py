@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import typing as t
 
-from flask import current_app
 import sqlalchemy as sa
+from flask import current_app
 from sqlalchemy import orm
 
 _DEPTH_KEY = "backend_patterns.transaction_depth"

@@ -10,7 +10,7 @@ from example_app.models import Market
 from example_app.models import Position
 from example_app.models import User
 
-BASE_TIME = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+BASE_TIME = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def make_user(**kw: t.Any) -> User:

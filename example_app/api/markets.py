@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import typing as t
 
-from flask import Response
 from flask import request
+from flask import Response
 from flask.views import MethodView
 
 from flask_backend_patterns.api import Blueprint
@@ -50,8 +50,12 @@ class Markets(MethodView):
         fields, include = _projection(args)
         page = MarketService().list_markets(
             filters={"status": args["status"]} if args.get("status") else None,
-            sort=args["sort"], limit=args["limit"], offset=args.get("offset"), cursor=args.get("cursor"),
-            fields=fields, include=include,
+            sort=args["sort"],
+            limit=args["limit"],
+            offset=args.get("offset"),
+            cursor=args.get("cursor"),
+            fields=fields,
+            include=include,
         )
         return page_response(page, market_schema(fields, include))
 
@@ -59,8 +63,11 @@ class Markets(MethodView):
 @blp.route("/<market_id>")
 class MarketById(MethodView):
     @blp.arguments(MarketGetQuerySchema, location="query")
-    @blp.response(200, MarketSchema, headers={"ETag": {"description": "Version of the market",
-                                                      "schema": {"type": "string"}}})
+    @blp.response(
+        200,
+        MarketSchema,
+        headers={"ETag": {"description": "Version of the market", "schema": {"type": "string"}}},
+    )
     @blp.alt_response(304, description="Not modified (If-None-Match matched)")
     @blp.alt_response(404, response="NOT_FOUND")
     def get(self, args: dict[str, t.Any], market_id: str) -> Response:
@@ -68,7 +75,9 @@ class MarketById(MethodView):
         fields, include = _projection(args)
         market = MarketService().get_market(market_id, fields=fields, include=include)
         etag = market.etag if fields is None or "id" in fields else None
-        if etag is not None and etag in {tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")}:
+        if etag is not None and etag in {
+            tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")
+        }:
             return Response(status=304, headers={"ETag": etag})
         return envelope(market_schema(fields, include).dump(market), headers={"ETag": etag} if etag else None)
 
@@ -83,7 +92,10 @@ class MarketPositions(MethodView):
         page = MarketService().list_positions(
             market_id,
             filters={"outcome": args["outcome"]} if args.get("outcome") else None,
-            sort=args["sort"], limit=args["limit"], offset=args.get("offset"), cursor=args.get("cursor"),
+            sort=args["sort"],
+            limit=args["limit"],
+            offset=args.get("offset"),
+            cursor=args.get("cursor"),
         )
         return page_response(page, _POSITION_SCHEMA)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 import sqlalchemy as sa
-from flask import Response
 from flask import current_app
+from flask import Response
 from flask.views import MethodView
 
 from flask_backend_patterns.api import Blueprint
@@ -58,7 +58,9 @@ class Ready(MethodView):
     @blp.alt_response(503, response="SERVICE_UNAVAILABLE")
     def get(self) -> Response:
         """200 when the database (and Redis, if configured) answer; else 503 naming which failed."""
-        failures = {name: [msg] for name, msg in (("database", _check_database()), ("redis", _check_redis())) if msg}
+        failures = {
+            name: [msg] for name, msg in (("database", _check_database()), ("redis", _check_redis())) if msg
+        }
         if failures:
             return error_response(503, "unavailable", "Not ready: " + ", ".join(failures), details=failures)
         checks = {"database": "ok"}

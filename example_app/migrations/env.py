@@ -21,8 +21,9 @@ config.set_main_option(
 
 def run_migrations_offline() -> None:
     """Emit SQL for ``flask db upgrade --sql`` without connecting."""
-    context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=target_db.metadata,
-                      literal_binds=True)
+    context.configure(
+        url=config.get_main_option("sqlalchemy.url"), target_metadata=target_db.metadata, literal_binds=True
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -38,14 +38,31 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str,
 def server(app, database_uri, tmp_path):
     make_markets(30)
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_uri, "FLASK_SECRET_KEY": TEST_SECRET,
-           "FLASK_EXAMPLE_AUTO_MIGRATE": "false"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_uri,
+        "FLASK_SECRET_KEY": TEST_SECRET,
+        "FLASK_EXAMPLE_AUTO_MIGRATE": "false",
+    }
     log_path = tmp_path / "gunicorn.log"
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5",
-             "example_app:create_app()"],
-            cwd=Path(__file__).resolve().parents[2], env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-w",
+                "2",
+                "-b",
+                f"127.0.0.1:{port}",
+                "--graceful-timeout",
+                "5",
+                "example_app:create_app()",
+            ],
+            cwd=Path(__file__).resolve().parents[2],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"
     try:

@@ -39,8 +39,16 @@ def test_list_default_envelope_and_meta(client, markets):
     assert body["meta"]["next_cursor"]
     created = [m["created_at"] for m in body["data"]]
     assert created == sorted(created, reverse=True)
-    assert set(body["data"][0]) == {"id", "name", "description", "status", "volume", "creator_id",
-                                    "created_at", "updated_at"}
+    assert set(body["data"][0]) == {
+        "id",
+        "name",
+        "description",
+        "status",
+        "volume",
+        "creator_id",
+        "created_at",
+        "updated_at",
+    }
 
 
 @pytest.mark.parametrize("query", ["status=active&status=closed", "status=active,closed"])
@@ -52,7 +60,9 @@ def test_status_filter_repeatable_or_comma_separated(client, markets, query):
 
 def test_sort_descending_volume_ties_by_id(client, markets):
     data = ok(client.get("/api/markets?sort=-volume&limit=100"))["data"]
-    assert [(m["volume"], m["id"]) for m in data] == sorted(((m["volume"], m["id"]) for m in data), reverse=True)
+    assert [(m["volume"], m["id"]) for m in data] == sorted(
+        ((m["volume"], m["id"]) for m in data), reverse=True
+    )
 
 
 def test_offset_pagination(client, markets):
@@ -87,9 +97,24 @@ def test_include_creator_full_objects(client, markets):
     assert data[0]["creator"]["id"] == data[0]["creator_id"]
 
 
-@pytest.mark.parametrize("query", ["sort=description", "sort=volume;drop", "limit=0", "limit=101", "limit=abc",
-                                   "offset=-1", "offset=99999999999999999999", "status=open", "fields=password_hash", "include=positions",
-                                   "fields=", "cursor=garbage", "offset=5&cursor=abc"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "sort=description",
+        "sort=volume;drop",
+        "limit=0",
+        "limit=101",
+        "limit=abc",
+        "offset=-1",
+        "offset=99999999999999999999",
+        "status=open",
+        "fields=password_hash",
+        "include=positions",
+        "fields=",
+        "cursor=garbage",
+        "offset=5&cursor=abc",
+    ],
+)
 def test_bad_query_is_400_validation_error(client, markets, query):
     body = error(client.get(f"/api/markets?{query}"), 400, "validation_error")
     assert body["details"] and all(isinstance(v, list) for v in body["details"].values())
@@ -152,8 +177,13 @@ def test_positions_bad_sort_is_400(client, markets):
 
 
 def test_request_id_echoed_on_success_and_error(client, markets):
-    assert client.get("/api/markets", headers={"X-Request-ID": "abc.123"}).headers["X-Request-ID"] == "abc.123"
-    assert error(client.get("/api/markets/x", headers={"X-Request-ID": "e-1"}), 404, "not_found")["request_id"] == "e-1"
+    assert (
+        client.get("/api/markets", headers={"X-Request-ID": "abc.123"}).headers["X-Request-ID"] == "abc.123"
+    )
+    assert (
+        error(client.get("/api/markets/x", headers={"X-Request-ID": "e-1"}), 404, "not_found")["request_id"]
+        == "e-1"
+    )
 
 
 def test_healthz_and_readyz(client):
@@ -162,8 +192,11 @@ def test_healthz_and_readyz(client):
 
 
 def test_readyz_503_when_database_is_down(database_uri, app_factory):
-    bad = "postgresql+psycopg://postgres@127.0.0.1:1/none" if database_uri.startswith("postgresql") \
+    bad = (
+        "postgresql+psycopg://postgres@127.0.0.1:1/none"
+        if database_uri.startswith("postgresql")
         else "sqlite:////nonexistent-dir/x.db"
+    )
     app = app_factory(bad)
     body = error(app.test_client().get("/readyz"), 503, "unavailable")
     assert "database" in body["details"]
@@ -178,8 +211,13 @@ def test_readyz_503_when_redis_is_down(app_factory, _schema):
 def test_openapi_document(client):
     spec = ok_json(client.get("/api/openapi.json"))
     assert spec["openapi"].startswith("3.")
-    for path in ("/api/markets", "/api/markets/{market_id}", "/api/markets/{market_id}/positions",
-                 "/healthz", "/readyz"):
+    for path in (
+        "/api/markets",
+        "/api/markets/{market_id}",
+        "/api/markets/{market_id}/positions",
+        "/healthz",
+        "/readyz",
+    ):
         assert path in spec["paths"], path
     assert spec["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     params = {p["name"] for p in spec["paths"]["/api/markets"]["get"]["parameters"]}

@@ -26,8 +26,9 @@ def creator(db):
 
 
 def test_create_with_initial_position_commits_both(db, creator):
-    market = MarketService().create_market({"name": "Rain?"}, creator_id=creator.id,
-                                           initial_position={"outcome": "yes", "amount": 5.0})
+    market = MarketService().create_market(
+        {"name": "Rain?"}, creator_id=creator.id, initial_position={"outcome": "yes", "amount": 5.0}
+    )
     market_id = market.id
     db.session.expunge_all()
     assert count(db, Market) == 1 and count(db, Position) == 1
@@ -81,16 +82,24 @@ def test_if_match_star_and_lists(db, creator):
 
 def test_missing_market_is_not_found(db):
     service = MarketService()
-    for call in (lambda: service.get_market("x"), lambda: service.update_market("x", {"name": "y"}),
-                 lambda: service.delete_market("x"), lambda: service.list_positions("x")):
+    for call in (
+        lambda: service.get_market("x"),
+        lambda: service.update_market("x", {"name": "y"}),
+        lambda: service.delete_market("x"),
+        lambda: service.list_positions("x"),
+    ):
         with pytest.raises(NotFoundError):
             call()
 
 
 def test_list_positions_of_one_market_only(db, creator):
     service = MarketService()
-    a = service.create_market({"name": "A"}, creator_id=creator.id, initial_position={"outcome": "yes", "amount": 1.0})
-    service.create_market({"name": "B"}, creator_id=creator.id, initial_position={"outcome": "no", "amount": 2.0})
+    a = service.create_market(
+        {"name": "A"}, creator_id=creator.id, initial_position={"outcome": "yes", "amount": 1.0}
+    )
+    service.create_market(
+        {"name": "B"}, creator_id=creator.id, initial_position={"outcome": "no", "amount": 2.0}
+    )
     page = service.list_positions(a.id)
     assert [p.market_id for p in page.items] == [a.id] and page.total == 1
 

@@ -31,8 +31,15 @@ def fresh_database_uri(database_uri, tmp_path):
 
 
 def fresh_app(uri, **extra):
-    return create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": uri, "SECRET_KEY": TEST_SECRET,
-                       "BACKEND_LOGGING_CONFIGURE": False, **extra})
+    return create_app(
+        {
+            "TESTING": True,
+            "SQLALCHEMY_DATABASE_URI": uri,
+            "SECRET_KEY": TEST_SECRET,
+            "BACKEND_LOGGING_CONFIGURE": False,
+            **extra,
+        }
+    )
 
 
 def test_upgrade_builds_exactly_the_models_schema(fresh_database_uri):
@@ -79,8 +86,9 @@ def test_embedded_default_makes_tables_on_first_start(tmp_path, monkeypatch):
 def test_seed_command_inserts_in_bulk(app, count_queries):
     runner = app.test_cli_runner()
     with count_queries() as q:
-        result = runner.invoke(args=["seed", "--markets", "1200", "--users", "3", "--batch-size", "500",
-                                     "--seed", "7"])
+        result = runner.invoke(
+            args=["seed", "--markets", "1200", "--users", "3", "--batch-size", "500", "--seed", "7"]
+        )
     assert result.exit_code == 0, result.output
     assert "Seeded 3 users and 1200 markets." in result.output
     from example_app.models import Market

@@ -7,8 +7,8 @@ import logging
 import marshmallow as ma
 import pytest
 import sqlalchemy as sa
-from flask import Flask
 from flask import abort
+from flask import Flask
 from flask.views import MethodView
 
 from flask_backend_patterns.api import Api
@@ -34,8 +34,14 @@ class QuerySchema(ma.Schema):
 @pytest.fixture
 def app():
     app = Flask(__name__)
-    app.config.update(TESTING=True, MAX_CONTENT_LENGTH=100, BACKEND_LOGGING_CONFIGURE=False,
-                      API_TITLE="t", API_VERSION="1", OPENAPI_VERSION="3.0.3")
+    app.config.update(
+        TESTING=True,
+        MAX_CONTENT_LENGTH=100,
+        BACKEND_LOGGING_CONFIGURE=False,
+        API_TITLE="t",
+        API_VERSION="1",
+        OPENAPI_VERSION="3.0.3",
+    )
     RequestLogging(app)
     ErrorHandler(app)
 
@@ -125,9 +131,18 @@ def test_method_not_allowed_keeps_allow_header(client):
     assert "GET" in response.headers["Allow"]
 
 
-@pytest.mark.parametrize(("status", "code"), [(400, "bad_request"), (403, "forbidden"), (409, "conflict"),
-                                              (412, "precondition_failed"), (415, "unsupported_media_type"),
-                                              (429, "rate_limited"), (503, "unavailable")])
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (400, "bad_request"),
+        (403, "forbidden"),
+        (409, "conflict"),
+        (412, "precondition_failed"),
+        (415, "unsupported_media_type"),
+        (429, "rate_limited"),
+        (503, "unavailable"),
+    ],
+)
 def test_werkzeug_errors_map_to_codes(client, status, code):
     assert_envelope(client.get(f"/abort/{status}"), status, code)
 

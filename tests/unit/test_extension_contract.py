@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from flask import Flask
 
-from flask_backend_patterns import extension as umbrella
 from flask_backend_patterns import errors
+from flask_backend_patterns import extension as umbrella
 from flask_backend_patterns import logging as fbp_logging
 
 PARTS = [

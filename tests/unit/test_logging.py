@@ -11,13 +11,13 @@ import pytest
 from flask import Flask
 
 from flask_backend_patterns.errors import ErrorHandler
-from flask_backend_patterns.logging import JsonFormatter
-from flask_backend_patterns.logging import RequestLogging
 from flask_backend_patterns.logging import bind_request_id
 from flask_backend_patterns.logging import configure_json_logging
 from flask_backend_patterns.logging import get_request_id
 from flask_backend_patterns.logging import is_valid_request_id
+from flask_backend_patterns.logging import JsonFormatter
 from flask_backend_patterns.logging import redact
+from flask_backend_patterns.logging import RequestLogging
 from flask_backend_patterns.logging import set_log_context
 
 log = logging.getLogger("tests.app")
@@ -67,7 +67,10 @@ def test_request_id_is_made_and_echoed(app, lines):
 
 @pytest.mark.parametrize("incoming", ["abc-123", "a.b_c", "x" * 128])
 def test_well_formed_request_id_is_accepted(app, incoming):
-    assert app.test_client().post("/login", headers={"X-Request-ID": incoming}).headers["X-Request-ID"] == incoming
+    assert (
+        app.test_client().post("/login", headers={"X-Request-ID": incoming}).headers["X-Request-ID"]
+        == incoming
+    )
 
 
 @pytest.mark.parametrize("incoming", ["", "x" * 129, "has space", "semi;colon", "é"])
@@ -81,8 +84,19 @@ def test_access_line_has_every_field(app, lines):
     access = [line for line in lines() if line["logger"] == "flask_backend_patterns.access"]
     assert len(access) == 1
     line = access[0]
-    for key in ("timestamp", "level", "message", "logger", "request_id", "method", "path", "status",
-                "duration_ms", "remote_addr", "user_id"):
+    for key in (
+        "timestamp",
+        "level",
+        "message",
+        "logger",
+        "request_id",
+        "method",
+        "path",
+        "status",
+        "duration_ms",
+        "remote_addr",
+        "user_id",
+    ):
         assert key in line, key
     assert (line["method"], line["path"], line["status"], line["user_id"]) == ("POST", "/login", 200, "u1")
     assert line["request_id"] == "req-1" and line["duration_ms"] >= 0
@@ -148,7 +162,10 @@ def test_request_ids_are_per_thread():
 
 
 def test_redact_masks_nested_and_inline_secrets():
-    value = {"user": {"Password": "p", "api_key": "k"}, "note": "sent Bearer abc123 and eyJa12345.eyJb12345.sig"}
+    value = {
+        "user": {"Password": "p", "api_key": "k"},
+        "note": "sent Bearer abc123 and eyJa12345.eyJb12345.sig",
+    }
     out = redact(value)
     assert out["user"] == {"Password": "[REDACTED]", "api_key": "[REDACTED]"}
     assert "abc123" not in out["note"] and "eyJa12345" not in out["note"]
@@ -185,8 +202,9 @@ def test_init_app_configures_json_logging_by_default():
         root.setLevel(old_level)
 
 
-@pytest.mark.parametrize(("key", "value"), [("BACKEND_LOGGING_LEVEL", "LOUD"),
-                                            ("BACKEND_LOGGING_ACCESS_LOG", "maybe")])
+@pytest.mark.parametrize(
+    ("key", "value"), [("BACKEND_LOGGING_LEVEL", "LOUD"), ("BACKEND_LOGGING_ACCESS_LOG", "maybe")]
+)
 def test_bad_config_fails_at_init_app(key, value):
     app = Flask(__name__)
     app.config.update({key: value, "BACKEND_LOGGING_CONFIGURE": False})
