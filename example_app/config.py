@@ -28,7 +28,6 @@ class Defaults:
     SQLALCHEMY_ENGINE_OPTIONS: dict[str, t.Any] = {"pool_pre_ping": True}
     SQLALCHEMY_RECORD_QUERIES = False
     MAX_CONTENT_LENGTH = 1024 * 1024
-    JSON_SORT_KEYS = False
     #: create missing tables at start-up (the embedded SQLite default does).
     EXAMPLE_AUTO_MIGRATE: bool | None = None
 
@@ -48,9 +47,18 @@ def _instance_secret(app: Flask, name: str) -> str:
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Written whole to a private temp file, then linked into place: workers starting at
+    # once all end up with the one secret that won, never a half-written one.
+    tmp = path.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(value)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return path.read_text().strip()
+    finally:
+        tmp.unlink()
     log.warning("No FLASK_SECRET_KEY set: made one in %s; set one shared by every host in production", path)
     return value
 
@@ -58,6 +66,8 @@ def _instance_secret(app: Flask, name: str) -> str:
 def load_config(app: Flask, overrides: t.Mapping[str, t.Any] | None = None) -> None:
     """Fill ``app.config``: defaults < ``DATABASE_URL``/``REDIS_URL``/``FLASK_*`` < overrides."""
     app.config.from_object(Defaults)
+    # A copy, so that FLASK_SQLALCHEMY_ENGINE_OPTIONS__x=... edits this app's dict only.
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = dict(Defaults.SQLALCHEMY_ENGINE_OPTIONS)
     if os.environ.get("DATABASE_URL"):
         app.config["SQLALCHEMY_DATABASE_URI"] = _database_url(os.environ["DATABASE_URL"])
     if os.environ.get("REDIS_URL"):

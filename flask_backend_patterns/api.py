@@ -99,7 +99,11 @@ def envelope(
 
 
 class Blueprint(flask_smorest.Blueprint):  # type: ignore[misc]
-    """A flask-smorest ``Blueprint`` whose responses use the success envelope."""
+    """A flask-smorest ``Blueprint`` whose responses use the success envelope and whose
+    argument validation errors are documented (and sent) as 400, not webargs' 422."""
+
+    def arguments(self, schema: t.Any, *, error_status_code: int = 400, **kwargs: t.Any) -> t.Any:
+        return super().arguments(schema, error_status_code=error_status_code, **kwargs)
 
     def _make_doc_response_schema(self, schema: t.Any) -> t.Any:
         if isinstance(schema, ma.Schema):

@@ -20,6 +20,14 @@ from flask import Flask
 from flask import Response
 from werkzeug.exceptions import HTTPException
 
+try:
+    from marshmallow import ValidationError as _MarshmallowError
+except ImportError:  # the errors part works without marshmallow
+
+    class _MarshmallowError(Exception):  # type: ignore[no-redef]
+        """Stands in when marshmallow is not installed: never raised."""
+
+
 from ._extension import lookup_state
 from ._extension import register_state
 
@@ -231,8 +239,8 @@ def handle_http_exception(error: HTTPException) -> Response:
         messages = data.get("errors", data.get("messages"))
         if messages is not None:
             details = _flatten_locations(messages)
-            if status == 422:
-                # webargs reports validation failures as 422; the envelope says 400.
+            if status == 422 or isinstance(getattr(error, "exc", None), _MarshmallowError):
+                # webargs reports validation failures as 422 by default; the envelope says 400.
                 status, code, message = 400, "validation_error", "Validation failed"
             elif status == 400 and "json" in messages:
                 message = "Malformed JSON body"
@@ -240,7 +248,7 @@ def handle_http_exception(error: HTTPException) -> Response:
             message = data["message"]
     elif status == 422:
         status, code = 400, "validation_error"
-    if status >= 500 and status != 503:
+    if status == 500:
         message = "Internal server error"
     return error_response(status, code, message, details=details, headers=headers)
 
@@ -276,10 +284,20 @@ def _sqlalchemy_handlers() -> list[tuple[type[Exception], t.Callable[[t.Any], Re
             503, "unavailable", "Database unavailable, try again shortly", headers={"Retry-After": "1"}
         )
 
+    def stale(error: Exception) -> Response:
+        # Optimistic locking (version_id_col): another request changed the row first.
+        log.info("Stale write: %s", error)
+        return error_response(
+            409, "conflict", "The resource was changed by another request; reload and retry"
+        )
+
+    from sqlalchemy.orm.exc import StaleDataError
+
     return [
         (sa_exc.IntegrityError, integrity),
         (sa_exc.DataError, data_error),
         (sa_exc.OperationalError, unavailable),
+        (StaleDataError, stale),
     ]
 
 

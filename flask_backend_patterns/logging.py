@@ -53,6 +53,7 @@ _RECORD_ATTRS = frozenset(
 DEFAULT_REDACT_KEYS = ("password", "passwd", "secret", "token", "authorization", "cookie", "api_key")
 REDACTED = "[REDACTED]"
 _BEARER_RE = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+_MAY_HOLD_CREDENTIAL = re.compile(r"(?i)bearer|basic")
 _JWT_RE = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 
 
@@ -83,9 +84,11 @@ def bind_request_id(request_id: str | None) -> t.Iterator[str]:
     """
     rid = request_id if request_id and is_valid_request_id(request_id) else new_request_id()
     token = _request_id.set(rid)
+    context_token = _log_context.set({})  # fields set inside belong to the block alone
     try:
         yield rid
     finally:
+        _log_context.reset(context_token)
         _request_id.reset(token)
 
 
@@ -111,7 +114,7 @@ def redact(value: t.Any, keys: t.Sequence[str] = DEFAULT_REDACT_KEYS) -> t.Any:
         }
     if isinstance(value, (list, tuple)):
         return [redact(v, keys) for v in value]
-    if isinstance(value, str) and ("eyJ" in value or "earer" in value or "asic" in value):
+    if isinstance(value, str) and ("eyJ" in value or _MAY_HOLD_CREDENTIAL.search(value)):
         return _JWT_RE.sub(REDACTED, _BEARER_RE.sub(r"\1 " + REDACTED, value))
     return value
 

@@ -41,6 +41,14 @@ def _projection(args: dict[str, t.Any]) -> tuple[tuple[str, ...] | None, tuple[s
     return (tuple(dict.fromkeys(fields)) if fields else None), tuple(dict.fromkeys(args.get("include") or ()))
 
 
+def _none_match(header: str | None, etag: str) -> bool:
+    """Whether ``If-None-Match`` matches ``etag`` (weak comparison, as RFC 9110 asks)."""
+    if not header:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
+    return "*" in tags or etag in tags
+
+
 @blp.route("")
 class Markets(MethodView):
     @blp.arguments(MarketListQuerySchema, location="query")
@@ -74,10 +82,9 @@ class MarketById(MethodView):
         """One market, with its ETag; If-None-Match answers 304."""
         fields, include = _projection(args)
         market = MarketService().get_market(market_id, fields=fields, include=include)
-        etag = market.etag if fields is None or "id" in fields else None
-        if etag is not None and etag in {
-            tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")
-        }:
+        # A projection may leave out the version the ETag is made of: no ETag then.
+        etag = market.etag if fields is None else None
+        if etag is not None and _none_match(request.headers.get("If-None-Match"), etag):
             return Response(status=304, headers={"ETag": etag})
         return envelope(market_schema(fields, include).dump(market), headers={"ETag": etag} if etag else None)
 

@@ -238,3 +238,26 @@ def test_docs_page_works_offline(client):
 def ok_json(response):
     assert response.status_code == 200 and response.mimetype == "application/json"
     return response.get_json()
+
+
+def test_projection_with_id_on_a_fresh_session_is_200_without_etag(client, db, markets):
+    market_id, name = markets[2].id, markets[2].name
+    db.session.expunge_all()  # nothing preloaded: the projection alone decides what is loaded
+    response = client.get(f"/api/markets/{market_id}?fields=id,name")
+    assert ok(response)["data"] == {"id": market_id, "name": name}
+    assert "ETag" not in response.headers
+
+
+@pytest.mark.parametrize("header", ["*", "W/{etag}", '"other", {etag}'])
+def test_if_none_match_forms(client, markets, header):
+    etag = client.get(f"/api/markets/{markets[0].id}").headers["ETag"]
+    response = client.get(
+        f"/api/markets/{markets[0].id}", headers={"If-None-Match": header.format(etag=etag)}
+    )
+    assert response.status_code == 304 and response.headers["ETag"] == etag
+
+
+def test_openapi_documents_validation_errors_as_400_not_422(client):
+    spec = client.get("/api/openapi.json").get_json()
+    responses = spec["paths"]["/api/markets"]["get"]["responses"]
+    assert "422" not in responses and "400" in responses

@@ -120,3 +120,24 @@ def test_prefixed_env_reaches_config(monkeypatch, app_factory):
     app = app_factory()
     assert app.config["MAX_CONTENT_LENGTH"] == 2048
     assert app.config["BACKEND_LOGGING_ACCESS_LOG"] is False
+
+
+def test_engine_options_from_env_do_not_leak_into_the_defaults(monkeypatch, app_factory):
+    from example_app.config import Defaults
+
+    monkeypatch.setenv("FLASK_SQLALCHEMY_ENGINE_OPTIONS__pool_size", "7")
+    app = app_factory()
+    assert app.config["SQLALCHEMY_ENGINE_OPTIONS"]["pool_size"] == 7
+    assert "pool_size" not in Defaults.SQLALCHEMY_ENGINE_OPTIONS
+
+
+def test_instance_secret_is_made_once(tmp_path):
+    from flask import Flask
+
+    from example_app.config import _instance_secret
+
+    app = Flask(__name__, instance_path=str(tmp_path / "inst"))
+    first = _instance_secret(app, "secret_key")
+    assert _instance_secret(app, "secret_key") == first and len(first) >= 32
+    assert [p.name for p in (tmp_path / "inst").iterdir()] == ["secret_key"]
+    assert ((tmp_path / "inst" / "secret_key").stat().st_mode & 0o777) == 0o600

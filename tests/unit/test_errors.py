@@ -207,3 +207,22 @@ def test_api_error_defaults_and_repr():
     custom = ApiError("Teapot", status=418, code="teapot")
     assert (custom.status, custom.code) == (418, "teapot")
     assert ValidationError(details={"a": ["b"]}).details == {"a": ["b"]}
+
+
+def test_stale_write_is_409(app):
+    from sqlalchemy.orm.exc import StaleDataError
+
+    @app.get("/stale")
+    def stale():
+        raise StaleDataError(
+            "UPDATE statement on table 'markets' expected to update 1 row(s); 0 were matched."
+        )
+
+    response = app.test_client().get("/stale")
+    assert_envelope(response, 409, "conflict")
+    assert "UPDATE" not in response.get_data(as_text=True)
+
+
+def test_501_keeps_its_own_message(client):
+    body = assert_envelope(client.get("/abort/501"), 501, "not_implemented")
+    assert body["error"] == "Not implemented"

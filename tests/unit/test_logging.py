@@ -218,3 +218,17 @@ def test_access_log_can_be_turned_off_from_env_style_value(lines):
     RequestLogging(app)
     app.test_client().get("/")
     assert not [line for line in lines() if line["logger"] == "flask_backend_patterns.access"]
+
+
+@pytest.mark.parametrize("text", ["BEARER abc123secret", "Basic dXNlcjpwYXNz", "bearer abc123secret"])
+def test_redact_is_case_insensitive(text):
+    assert "abc123secret" not in redact(text) and "dXNlcjpwYXNz" not in redact(text)
+
+
+def test_log_context_set_in_a_bound_block_ends_with_it(lines):
+    with bind_request_id("job-1"):
+        set_log_context(user_id="u9")
+        log.info("inside")
+    log.info("after")
+    inside, after = lines()[-2:]
+    assert inside["user_id"] == "u9" and "user_id" not in after
