@@ -17,13 +17,13 @@ import typing as t
 import flask_smorest
 import marshmallow as ma
 from flask import Blueprint as FlaskBlueprint
-from flask import current_app
 from flask import Flask
 from flask import g
 from flask import Response
 from werkzeug.exceptions import HTTPException
 
 from .errors import handle_http_exception
+from .errors import json_response
 
 
 class ErrorEnvelopeSchema(ma.Schema):
@@ -91,11 +91,7 @@ def envelope(
     payload: dict[str, t.Any] = {"success": True, "data": data}
     if meta is not None:
         payload["meta"] = meta
-    response: Response = current_app.json.response(payload)  # type: ignore[assignment]
-    response.status_code = status
-    if headers:
-        response.headers.update(headers)
-    return response
+    return json_response(payload, status, headers)
 
 
 class Blueprint(flask_smorest.Blueprint):  # type: ignore[misc]

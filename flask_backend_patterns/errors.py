@@ -199,6 +199,11 @@ def error_response(
     payload["request_id"] = get_request_id()
     if details:
         payload["details"] = details
+    return json_response(payload, status, headers)
+
+
+def json_response(payload: t.Any, status: int, headers: t.Mapping[str, str] | None = None) -> Response:
+    """Serialise ``payload`` with the app's JSON provider into a response."""
     response: Response = current_app.json.response(payload)  # type: ignore[assignment]
     response.status_code = status
     if headers:
