@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typing as t
 
+from flask_backend_patterns.api import etag_matches
 from flask_backend_patterns.errors import NotFoundError
 from flask_backend_patterns.errors import PreconditionFailedError
 from flask_backend_patterns.repository import Page
@@ -20,10 +21,8 @@ WRITABLE_MARKET_FIELDS = ("name", "description", "status", "volume")
 
 
 def _check_if_match(market: Market, if_match: str | None) -> None:
-    if if_match is not None and if_match.strip() != "*":
-        tags = {tag.strip() for tag in if_match.split(",")}
-        if market.etag not in tags:
-            raise PreconditionFailedError()
+    if if_match is not None and not etag_matches(if_match, market.etag):
+        raise PreconditionFailedError()
 
 
 class MarketService(Service[Market]):
@@ -36,19 +35,6 @@ class MarketService(Service[Market]):
     ) -> None:
         super().__init__(markets or MarketRepository())
         self.positions = positions or PositionRepository(self.repository.session)
-
-    def list_markets(self, **query: t.Any) -> Page[Market]:
-        """One page of markets; see :meth:`SQLAlchemyRepository.find_page`."""
-        return self.repository.find_page(**query)
-
-    def get_market(
-        self, market_id: str, *, fields: t.Sequence[str] | None = None, include: t.Sequence[str] = ()
-    ) -> Market:
-        """One market.
-
-        :raises NotFoundError: no such market.
-        """
-        return self.get(market_id, fields=fields, include=include)
 
     def create_market(
         self,

@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 
 from .errors import handle_http_exception
 from .errors import json_response
+from .repository import Page
 
 
 class ErrorEnvelopeSchema(ma.Schema):
@@ -80,6 +81,39 @@ def set_meta(meta: t.Mapping[str, t.Any]) -> None:
     g._fbp_meta = dict(meta)
 
 
+def page_meta(page: Page[t.Any]) -> dict[str, t.Any]:
+    """The ``meta`` of a list envelope (see :class:`PageMetaSchema`) for one page."""
+    return {"total": page.total, "limit": page.limit, "offset": page.offset, "next_cursor": page.next_cursor}
+
+
+def etag_matches(header: str | None, etag: str, *, weak: bool = False) -> bool:
+    """Whether an ``If-Match``/``If-None-Match`` value (comma-separated tags or ``*``)
+    matches ``etag``.
+
+    ``weak=False`` is the strong comparison ``If-Match`` uses (a ``W/`` tag never
+    matches); ``weak=True`` the weak one of ``If-None-Match`` (RFC 9110, 8.8.3.2).
+    """
+    if not header:
+        return False
+    for tag in (part.strip() for part in header.split(",")):
+        if tag == "*":
+            return True
+        if tag.startswith("W/"):
+            if not weak:
+                continue
+            tag = tag[2:]
+        if tag == etag:
+            return True
+    return False
+
+
+def _success_payload(data: t.Any, meta: t.Mapping[str, t.Any] | None) -> dict[str, t.Any]:
+    payload: dict[str, t.Any] = {"success": True, "data": data}
+    if meta is not None:
+        payload["meta"] = meta
+    return payload
+
+
 def envelope(
     data: t.Any,
     *,
@@ -88,10 +122,7 @@ def envelope(
     headers: t.Mapping[str, str] | None = None,
 ) -> Response:
     """Build a success-envelope response from already serialised ``data``."""
-    payload: dict[str, t.Any] = {"success": True, "data": data}
-    if meta is not None:
-        payload["meta"] = meta
-    return json_response(payload, status, headers)
+    return json_response(_success_payload(data, meta), status, headers)
 
 
 class Blueprint(flask_smorest.Blueprint):  # type: ignore[misc]
@@ -107,11 +138,7 @@ class Blueprint(flask_smorest.Blueprint):  # type: ignore[misc]
         return schema
 
     def _prepare_response_content(self, data: t.Any) -> t.Any:
-        payload: dict[str, t.Any] = {"success": True, "data": data}
-        meta = g.pop("_fbp_meta", None)
-        if meta is not None:
-            payload["meta"] = meta
-        return payload
+        return _success_payload(data, g.pop("_fbp_meta", None))
 
 
 class Api(flask_smorest.Api):  # type: ignore[misc]

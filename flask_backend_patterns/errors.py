@@ -30,6 +30,7 @@ except ImportError:  # the errors part works without marshmallow
 
 from ._extension import lookup_state
 from ._extension import register_state
+from .logging import get_request_id
 
 log = logging.getLogger("flask_backend_patterns.errors")
 
@@ -193,8 +194,6 @@ def error_response(
     headers: t.Mapping[str, str] | None = None,
 ) -> Response:
     """Build the JSON error envelope response; the one place it is rendered."""
-    from .logging import get_request_id  # the logging part owns the request id
-
     payload: dict[str, t.Any] = {"success": False, "error": message, "code": code}
     payload["request_id"] = get_request_id()
     if details:

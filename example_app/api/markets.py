@@ -11,6 +11,8 @@ from flask.views import MethodView
 
 from flask_backend_patterns.api import Blueprint
 from flask_backend_patterns.api import envelope
+from flask_backend_patterns.api import etag_matches
+from flask_backend_patterns.api import page_meta
 from flask_backend_patterns.repository import Page
 
 from ..schemas import MarketGetQuerySchema
@@ -32,21 +34,12 @@ def market_schema(fields: tuple[str, ...] | None, include: tuple[str, ...]) -> M
 
 def page_response(page: Page[t.Any], schema: t.Any) -> Response:
     """The list envelope of one page."""
-    meta = {"total": page.total, "limit": page.limit, "offset": page.offset, "next_cursor": page.next_cursor}
-    return envelope(schema.dump(page.items, many=True), meta=meta)
+    return envelope(schema.dump(page.items, many=True), meta=page_meta(page))
 
 
 def _projection(args: dict[str, t.Any]) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
     fields = args.get("fields")
     return (tuple(dict.fromkeys(fields)) if fields else None), tuple(dict.fromkeys(args.get("include") or ()))
-
-
-def _none_match(header: str | None, etag: str) -> bool:
-    """Whether ``If-None-Match`` matches ``etag`` (weak comparison, as RFC 9110 asks)."""
-    if not header:
-        return False
-    tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
-    return "*" in tags or etag in tags
 
 
 @blp.route("")
@@ -56,7 +49,7 @@ class Markets(MethodView):
     def get(self, args: dict[str, t.Any]) -> Response:
         """List markets: filter, sort, paginate (offset or cursor), project, embed."""
         fields, include = _projection(args)
-        page = MarketService().list_markets(
+        page = MarketService().list(
             filters={"status": args["status"]} if args.get("status") else None,
             sort=args["sort"],
             limit=args["limit"],
@@ -81,10 +74,10 @@ class MarketById(MethodView):
     def get(self, args: dict[str, t.Any], market_id: str) -> Response:
         """One market, with its ETag; If-None-Match answers 304."""
         fields, include = _projection(args)
-        market = MarketService().get_market(market_id, fields=fields, include=include)
+        market = MarketService().get(market_id, fields=fields, include=include)
         # A projection may leave out the version the ETag is made of: no ETag then.
         etag = market.etag if fields is None else None
-        if etag is not None and _none_match(request.headers.get("If-None-Match"), etag):
+        if etag is not None and etag_matches(request.headers.get("If-None-Match"), etag, weak=True):
             return Response(status=304, headers={"ETag": etag})
         return envelope(market_schema(fields, include).dump(market), headers={"ETag": etag} if etag else None)
 

@@ -83,7 +83,7 @@ def test_if_match_star_and_lists(db, creator):
 def test_missing_market_is_not_found(db):
     service = MarketService()
     for call in (
-        lambda: service.get_market("x"),
+        lambda: service.get("x"),
         lambda: service.update_market("x", {"name": "y"}),
         lambda: service.delete_market("x"),
         lambda: service.list_positions("x"),
@@ -104,7 +104,7 @@ def test_list_positions_of_one_market_only(db, creator):
     assert [p.market_id for p in page.items] == [a.id] and page.total == 1
 
 
-def test_list_markets_passes_query_through(db):
+def test_list_passes_query_through(db):
     make_markets(5, status="closed")
-    page = MarketService().list_markets(filters={"status": "closed"}, limit=2)
+    page = MarketService().list(filters={"status": "closed"}, limit=2)
     assert page.total == 5 and len(page.items) == 2 and page.next_cursor

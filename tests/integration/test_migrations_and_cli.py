@@ -11,7 +11,7 @@ from alembic.migration import MigrationContext
 
 from example_app import create_app
 from example_app.extensions import db
-from tests.conftest import TEST_SECRET
+from tests.conftest import make_app
 
 
 @pytest.fixture
@@ -30,20 +30,8 @@ def fresh_database_uri(database_uri, tmp_path):
     admin.dispose()
 
 
-def fresh_app(uri, **extra):
-    return create_app(
-        {
-            "TESTING": True,
-            "SQLALCHEMY_DATABASE_URI": uri,
-            "SECRET_KEY": TEST_SECRET,
-            "BACKEND_LOGGING_CONFIGURE": False,
-            **extra,
-        }
-    )
-
-
 def test_upgrade_builds_exactly_the_models_schema(fresh_database_uri):
-    app = fresh_app(fresh_database_uri, EXAMPLE_AUTO_MIGRATE=True)
+    app = make_app(fresh_database_uri, EXAMPLE_AUTO_MIGRATE=True)
     with app.app_context():
         with db.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), db.metadata)
@@ -52,7 +40,7 @@ def test_upgrade_builds_exactly_the_models_schema(fresh_database_uri):
 
 
 def test_flask_db_upgrade_and_downgrade_commands(fresh_database_uri):
-    app = fresh_app(fresh_database_uri, EXAMPLE_AUTO_MIGRATE=False)
+    app = make_app(fresh_database_uri, EXAMPLE_AUTO_MIGRATE=False)
     runner = app.test_cli_runner()
     assert runner.invoke(args=["db", "upgrade"]).exit_code == 0
     with app.app_context():
