@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import typing as t
 import uuid
 
 import sqlalchemy as sa
@@ -11,6 +12,8 @@ from sqlalchemy import orm
 from flask_backend_patterns.repository import UtcDateTime
 from flask_backend_patterns.repository import utcnow
 
+from .counters import install_market_counters
+from .counters import remove_market_counters
 from .extensions import db
 
 MARKET_STATUSES = ("active", "closed", "resolved")
@@ -87,3 +90,25 @@ class Position(db.Model):  # type: ignore[name-defined,misc]
     created_at: orm.Mapped[dt.datetime] = orm.mapped_column(UtcDateTime, default=utcnow)
 
     market: orm.Mapped[Market] = orm.relationship(back_populates="positions", lazy="raise")
+
+
+class MarketStatusCount(db.Model):  # type: ignore[name-defined,misc]
+    """How many markets have each status: kept exact by triggers (see :mod:`.counters`)."""
+
+    __tablename__ = "market_status_counts"
+
+    status: orm.Mapped[str] = orm.mapped_column(sa.String(16), primary_key=True)
+    total: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)
+
+
+@sa.event.listens_for(db.metadata, "after_create")
+def _install_counters(target: sa.MetaData, connection: sa.Connection, **kw: t.Any) -> None:
+    # create_all (tests, embedded default without migrations) gets the triggers too.
+    tables = {table.name for table in kw.get("tables") or target.sorted_tables}
+    if {"markets", "market_status_counts"} <= tables:
+        install_market_counters(connection)
+
+
+@sa.event.listens_for(db.metadata, "before_drop")
+def _remove_counters(target: sa.MetaData, connection: sa.Connection, **kw: t.Any) -> None:
+    remove_market_counters(connection)

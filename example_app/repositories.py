@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import typing as t
+
+import sqlalchemy as sa
+
+from flask_backend_patterns.repository import Filters
 from flask_backend_patterns.repository import Include
 from flask_backend_patterns.repository import SQLAlchemyRepository
 
 from .models import Market
+from .models import MarketStatusCount
 from .models import Position
 from .models import User
 
@@ -21,6 +27,35 @@ class MarketRepository(SQLAlchemyRepository[Market]):
     default_sort = "-created_at"
     projectable_fields = MARKET_FIELDS
     includes = {"creator": Include("creator", ("id", "name"))}
+
+    def total_expression(self, filters: Filters | None = None) -> sa.ScalarSelect[t.Any]:
+        """Read the total from the status counters when the filters are on status only.
+
+        Any other filter counts rows (``COUNT(*)``), as the base repository does.
+        """
+        statuses = _status_only(filters)
+        if statuses is None:
+            return super().total_expression(filters)
+        stmt = sa.select(sa.func.coalesce(sa.func.sum(MarketStatusCount.total), 0))
+        if statuses:
+            stmt = stmt.where(MarketStatusCount.status.in_(statuses))
+        return stmt.scalar_subquery()
+
+
+def _status_only(filters: Filters | None) -> list[str] | None:
+    """The statuses asked for ([] for all) when ``filters`` holds nothing else, else None."""
+    if not filters:
+        return []
+    if len(filters) != 1:
+        return None
+    key, value = next(iter(filters.items()))
+    if key not in ("status", "status__eq", "status__in"):
+        return None
+    values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
+    if key == "status__eq" and len(values) != 1:
+        return None
+    # An empty list matches nothing: let the base class answer 0 the usual way.
+    return [str(v) for v in values] if values else None
 
 
 class PositionRepository(SQLAlchemyRepository[Position]):

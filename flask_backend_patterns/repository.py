@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import functools
 import typing as t
 import uuid
 from dataclasses import dataclass
@@ -181,6 +182,12 @@ def _decode_value(value: t.Any) -> t.Any:
     return value
 
 
+@functools.lru_cache(maxsize=8)
+def _cursor_serializer(secret: str | bytes) -> URLSafeSerializer:
+    # Built once per secret: every page of every list signs or checks a cursor.
+    return URLSafeSerializer(secret, salt=_CURSOR_SALT)
+
+
 def _invalid(field: str, message: str) -> ValidationError:
     return ValidationError(f"Invalid {field}: {message}", details={field: [message]})
 
@@ -273,7 +280,7 @@ class SQLAlchemyRepository(t.Generic[ModelT]):
         secret = self._cursor_secret or current_app.config.get("SECRET_KEY")
         if not secret:
             raise RuntimeError("keyset cursors need a secret: set SECRET_KEY or pass cursor_secret")
-        return URLSafeSerializer(secret, salt=_CURSOR_SALT)
+        return _cursor_serializer(secret)
 
     # -- query parts -----------------------------------------------------------------
 
@@ -498,18 +505,41 @@ class SQLAlchemyRepository(t.Generic[ModelT]):
             fields=fields,
             include=include,
         )
-        items = list(self.session.scalars(stmt).all())
+        total: int | None = None
+        if with_total:
+            # The total rides along as one more column of the page query: one round trip.
+            rows = self.session.execute(stmt.add_columns(self.total_expression(filters))).all()
+            items = [row[0] for row in rows]
+            if rows:
+                total = int(rows[0][1] or 0)
+            elif cursor is None and not offset:
+                total = 0
+            else:
+                total = self.count(filters)
+        else:
+            items = list(self.session.scalars(stmt).all())
         next_cursor = None
         if len(items) > limit:
             items = items[:limit]
             next_cursor = self._encode_cursor(items[-1], keys)
-        total = self.count(filters) if with_total else None
         return Page(items, total, limit, None if cursor is not None else (offset or 0), next_cursor)
+
+    def total_expression(self, filters: Filters | None = None) -> sa.ScalarSelect[t.Any]:
+        """The SQL that counts the rows matching ``filters``, as a scalar subquery.
+
+        :meth:`count` runs it and :meth:`find_page` adds it to the page query. Override
+        it to answer from something cheaper than ``COUNT(*)``, such as a counter table.
+        """
+        return (
+            sa.select(sa.func.count())
+            .select_from(self.model)
+            .where(*self._filter_clauses(filters))
+            .scalar_subquery()
+        )
 
     def count(self, filters: Filters | None = None) -> int:
         """How many rows match ``filters``."""
-        stmt = sa.select(sa.func.count()).select_from(self.model).where(*self._filter_clauses(filters))
-        return int(self.session.scalar(stmt) or 0)
+        return int(self.session.scalar(sa.select(self.total_expression(filters))) or 0)
 
     def exists(self, filters: Filters | None = None) -> bool:
         """Whether any row matches ``filters``."""
