@@ -17,6 +17,7 @@ from flask_backend_patterns.transactions import enable_sqlite_savepoints
 from .api import register_blueprints
 from .cli import register_cli
 from .config import load_config
+from .extensions import auth
 from .extensions import db
 from .extensions import migrate
 from .extensions import patterns
@@ -31,12 +32,10 @@ def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
     load_config(app, config)
     patterns.init_app(app)
     db.init_app(app)
+    auth.init_app(app)
     _enable_sqlite_foreign_keys(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
     api = Api(app)
-    api.spec.components.security_scheme(
-        "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-    )
     register_blueprints(api)
     register_cli(app)
     if app.config["EXAMPLE_AUTO_MIGRATE"]:
@@ -47,7 +46,7 @@ def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
 
 def _enable_sqlite_foreign_keys(app: Flask) -> None:
     """SQLite enforces foreign keys (and ON DELETE CASCADE) only when asked, per connection,
-    and needs help for savepoints."""
+    needs help for savepoints, and lets readers and a writer work at once only in WAL mode."""
     import sqlalchemy as sa
 
     with app.app_context():
@@ -60,6 +59,10 @@ def _enable_sqlite_foreign_keys(app: Flask) -> None:
     def _on_connect(dbapi_connection: t.Any, _record: t.Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
+        # WAL: readers do not block the writer (a logout's revocation commits on a
+        # connection of its own while a request's read transaction is open).
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=5000")
         cursor.close()
 
 

@@ -1,4 +1,4 @@
-"""Command-line verbs: ``flask seed``."""
+"""Command-line verbs: ``flask seed``, ``flask auth create-user``, ``flask auth token``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import typing as t
 import click
 import sqlalchemy as sa
 from flask import Flask
+from flask.cli import AppGroup
 from werkzeug.security import generate_password_hash
 
 from .extensions import db
@@ -16,6 +17,7 @@ from .models import Market
 from .models import MARKET_STATUSES
 from .models import new_id
 from .models import User
+from .services import AuthService
 
 _WORDS = (
     "election bitcoin rain championship launch rate inflation merger final treaty summit "
@@ -87,6 +89,43 @@ def seed_command(n_markets: int, n_users: int, batch_size: int, rng_seed: int | 
     click.echo(f"Seeded {n_users} users and {n_markets} markets.")
 
 
+auth_cli = AppGroup("auth", help="Users and tokens.")
+
+
+@auth_cli.command("create-user")
+@click.option("--email", required=True)
+@click.option("--password", required=True, prompt=True, hide_input=True, confirmation_prompt=True)
+@click.option("--role", default="user", show_default=True)
+@click.option("--name", default=None, help="Display name [default: the email's local part].")
+def create_user_command(email: str, password: str, role: str, name: str | None) -> None:
+    """Create a user; prints the new user's id as the last word."""
+    try:
+        user = AuthService().create_user(email=email, password=password, role=role, name=name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--role") from None
+    except sa.exc.IntegrityError:
+        raise click.BadParameter(f"a user with email {email} exists already", param_hint="--email") from None
+    click.echo(f"Created {user.role} {user.email}: {user.id}")
+
+
+@auth_cli.command("token")
+@click.option("--email", required=True)
+@click.option(
+    "--expires-in",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Seconds [default: JWT_ACCESS_TOKEN_EXPIRES].",
+)
+def token_command(email: str, expires_in: int | None) -> None:
+    """Print an access token for a user as the last word (no password asked: operators only)."""
+    service = AuthService()
+    user = service.find_user_by_email(email)
+    if user is None:
+        raise click.BadParameter(f"no user with email {email}", param_hint="--email")
+    click.echo(service.tokens_for(user, expires_in=expires_in)["access_token"])
+
+
 def register_cli(app: Flask) -> None:
     """Add the example app's commands to ``flask``."""
     app.cli.add_command(seed_command)
+    app.cli.add_command(auth_cli)

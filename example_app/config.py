@@ -81,6 +81,10 @@ def load_config(app: Flask, overrides: t.Mapping[str, t.Any] | None = None) -> N
         app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{Path(app.instance_path) / 'example_app.db'}"
     else:
         app.config["SQLALCHEMY_DATABASE_URI"] = _database_url(uri)
+    redis_url = app.config.get("REDIS_URL")
+    if redis_url:
+        # One Redis for everything shared by workers and hosts.
+        app.config.setdefault("BACKEND_AUTH_REVOCATION_REDIS_URL", redis_url)
     if app.config["EXAMPLE_AUTO_MIGRATE"] is None:
         app.config["EXAMPLE_AUTO_MIGRATE"] = app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite")
     if not app.config.get("SECRET_KEY"):

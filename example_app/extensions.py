@@ -7,6 +7,8 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import DeclarativeBase
 
 from flask_backend_patterns import BackendPatterns
+from flask_backend_patterns.auth import Auth
+from flask_backend_patterns.auth import SQLAlchemyRevocationStore
 
 
 class Base(DeclarativeBase):
@@ -16,4 +18,6 @@ class Base(DeclarativeBase):
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
 patterns = BackendPatterns()
+#: revocations go to Redis when REDIS_URL is set (see config), to this table otherwise.
+auth = Auth(revocation_store=SQLAlchemyRevocationStore(db))
 # flask-smorest keeps its spec on the Api object, so each app gets its own (see create_app).

@@ -119,6 +119,64 @@ class PositionSchema(ma.Schema):
     created_at = ma.fields.DateTime(required=True)
 
 
+class PositionInputSchema(ma.Schema):
+    """The creator's first position, taken with the market (``initial_position``)."""
+
+    outcome = ma.fields.String(required=True, validate=validate.OneOf(OUTCOMES))
+    amount = ma.fields.Float(
+        required=True, allow_nan=False, validate=validate.Range(min=0, min_inclusive=False, max=1e15)
+    )
+
+
+class MarketPatchSchema(ma.Schema):
+    """The writable fields of a market; any subset (PATCH). Unknown fields are a 400,
+    so ``id``, ``creator_id`` and the timestamps cannot be written."""
+
+    name = ma.fields.String(validate=validate.Length(min=1, max=200))
+    description = ma.fields.String(allow_none=True, validate=validate.Length(max=5000))
+    status = ma.fields.String(validate=validate.OneOf(MARKET_STATUSES))
+    volume = ma.fields.Float(allow_nan=False, validate=validate.Range(min=0, max=1e15))
+
+
+class MarketReplaceSchema(MarketPatchSchema):
+    """Every writable field, each required (PUT); ``description`` may be null."""
+
+    name = ma.fields.String(required=True, validate=validate.Length(min=1, max=200))
+    description = ma.fields.String(required=True, allow_none=True, validate=validate.Length(max=5000))
+    status = ma.fields.String(required=True, validate=validate.OneOf(MARKET_STATUSES))
+    volume = ma.fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0, max=1e15))
+
+
+class MarketCreateSchema(MarketPatchSchema):
+    """A new market: ``name`` required, the rest defaulted; optionally a first position."""
+
+    name = ma.fields.String(required=True, validate=validate.Length(min=1, max=200))
+    status = ma.fields.String(load_default="active", validate=validate.OneOf(MARKET_STATUSES))
+    volume = ma.fields.Float(load_default=0.0, allow_nan=False, validate=validate.Range(min=0, max=1e15))
+    initial_position = ma.fields.Nested(PositionInputSchema)
+
+
+class LoginSchema(ma.Schema):
+    email = ma.fields.String(required=True, validate=validate.Length(min=1, max=320))
+    password = ma.fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=1024))
+
+
+class TokenSchema(ma.Schema):
+    """Tokens issued by login (both) or refresh (the access token)."""
+
+    access_token = ma.fields.String(required=True)
+    refresh_token = ma.fields.String()
+    token_type = ma.fields.String(required=True, metadata={"enum": ["Bearer"]})
+    expires_in = ma.fields.Integer(required=True, metadata={"description": "Seconds the access token lives"})
+
+
+class MeSchema(ma.Schema):
+    id = ma.fields.String(required=True)
+    email = ma.fields.String(required=True, allow_none=True)
+    role = ma.fields.String(required=True, allow_none=True)
+    permissions = ma.fields.List(ma.fields.String(), required=True)
+
+
 class HealthSchema(ma.Schema):
     status = ma.fields.String(required=True)
     checks = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String())

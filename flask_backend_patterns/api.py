@@ -12,6 +12,8 @@ returns in it.
 
 from __future__ import annotations
 
+import copy
+import functools
 import typing as t
 
 import flask_smorest
@@ -19,12 +21,17 @@ import marshmallow as ma
 from flask import Blueprint as FlaskBlueprint
 from flask import Flask
 from flask import g
+from flask import request
 from flask import Response
 from werkzeug.exceptions import HTTPException
 
 from .errors import handle_http_exception
 from .errors import json_response
+from .errors import UnsupportedMediaTypeError
 from .repository import Page
+
+#: name of the OpenAPI security scheme of bearer JWTs, registered by :class:`Api`.
+BEARER_SCHEME = "bearerAuth"
 
 
 class ErrorEnvelopeSchema(ma.Schema):
@@ -130,7 +137,53 @@ class Blueprint(flask_smorest.Blueprint):  # type: ignore[misc]
     argument validation errors are documented (and sent) as 400, not webargs' 422."""
 
     def arguments(self, schema: t.Any, *, error_status_code: int = 400, **kwargs: t.Any) -> t.Any:
-        return super().arguments(schema, error_status_code=error_status_code, **kwargs)
+        """flask-smorest's ``arguments``; a JSON body that is not JSON is a 415, not a 400."""
+        parse = super().arguments(schema, error_status_code=error_status_code, **kwargs)
+        if kwargs.get("location", "json") != "json":
+            return parse
+
+        def decorator(func: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
+            parsed = parse(func)
+
+            @functools.wraps(parsed)
+            def wrapper(*args: t.Any, **kw: t.Any) -> t.Any:
+                # webargs would read a form or an empty body as {} and report missing
+                # fields; the client's real mistake is the media type.
+                if not request.is_json:
+                    raise UnsupportedMediaTypeError()
+                return parsed(*args, **kw)
+
+            # A copy: the doc dict is shared with the wrapped function (as flask-smorest does).
+            apidoc = copy.deepcopy(getattr(parsed, "_apidoc", {}))
+            apidoc.setdefault("response", {}).setdefault("responses", {}).setdefault(415, []).append(
+                "UNSUPPORTED_MEDIA_TYPE"
+            )
+            wrapper._apidoc = apidoc  # type: ignore[attr-defined]
+            return wrapper
+
+        return decorator
+
+    def _store_endpoint_docs(
+        self, endpoint: str, obj: t.Any, parameters: t.Any, tags: t.Any, **options: t.Any
+    ) -> None:
+        # Views guarded by flask_backend_patterns.auth carry their requirement: document
+        # the bearer scheme and the 401 (and 403) they answer.
+        super()._store_endpoint_docs(endpoint, obj, parameters, tags, **options)
+        for method, doc in self._docs[endpoint].items():
+            if method == "parameters":
+                continue
+            func = getattr(obj, method, None) if isinstance(obj, type) else obj
+            requirement = getattr(func, "_fbp_auth", None)
+            if not requirement:
+                continue
+            schemes: list[dict[str, list[str]]] = [{BEARER_SCHEME: []}]
+            if not requirement.get("required"):
+                schemes.append({})  # the token is optional
+            doc.setdefault("manual_doc", {})["security"] = schemes
+            responses = doc.setdefault("response", {}).setdefault("responses", {})
+            responses.setdefault(401, []).append("UNAUTHORIZED")
+            if requirement.get("permissions") or requirement.get("roles"):
+                responses.setdefault(403, []).append("FORBIDDEN")
 
     def _make_doc_response_schema(self, schema: t.Any) -> t.Any:
         if isinstance(schema, ma.Schema):
@@ -171,6 +224,10 @@ class Api(flask_smorest.Api):  # type: ignore[misc]
             )
             app.config["OPENAPI_SWAGGER_UI_URL"] = url + "/"
         super().init_app(app, spec_kwargs=spec_kwargs)
+        if BEARER_SCHEME not in self.spec.components.security_schemes:
+            self.spec.components.security_scheme(
+                BEARER_SCHEME, {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            )
 
     def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
         """Render flask-smorest's errors in the error envelope."""

@@ -96,12 +96,13 @@ def set_log_context(**fields: t.Any) -> None:
     """Add fields to every later log line of the current request (or bound block).
 
     The auth part calls ``set_log_context(user_id=...)`` once it knows the caller.
+    Outside a request seen by :class:`RequestLogging` and outside
+    :func:`bind_request_id` there is no scope to end, so the fields are dropped rather
+    than left on every later line of the thread.
     """
     current = _log_context.get()
-    if current is None:
-        current = {}
-        _log_context.set(current)
-    current.update(fields)
+    if current is not None:
+        current.update(fields)
 
 
 def redact(value: t.Any, keys: t.Sequence[str] = DEFAULT_REDACT_KEYS) -> t.Any:
@@ -121,7 +122,7 @@ def redact(value: t.Any, keys: t.Sequence[str] = DEFAULT_REDACT_KEYS) -> t.Any:
 
 class JsonFormatter(logging.Formatter):
     """Formats a record as one JSON object: timestamp, level, message, logger,
-    request_id, the request's log context, any ``extra`` fields and, for
+    request_id, pid, the request's log context, any ``extra`` fields and, for
     exceptions, ``exc_type``, ``exc_message`` and ``stack``. Secrets are redacted."""
 
     def __init__(self, redact_keys: t.Sequence[str] = DEFAULT_REDACT_KEYS) -> None:
@@ -135,6 +136,8 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "logger": record.name,
             "request_id": _request_id.get(),
+            # Which worker wrote it, when gunicorn runs several.
+            "pid": record.process,
         }
         context = _log_context.get()
         if context:

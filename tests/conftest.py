@@ -23,6 +23,7 @@ DATABASE_URL = os.environ.get("DATABASE_URL")
 REDIS_URL = os.environ.get("REDIS_URL")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+TEST_JWT_SECRET = "test-jwt-secret-that-is-long-enough-0123456789"
 
 
 def _check_services() -> None:
@@ -66,6 +67,7 @@ def make_app(database_uri: str, **overrides: t.Any) -> t.Any:
         "TESTING": True,
         "SQLALCHEMY_DATABASE_URI": database_uri,
         "SECRET_KEY": TEST_SECRET,
+        "JWT_SECRET_KEY": TEST_JWT_SECRET,
         "EXAMPLE_AUTO_MIGRATE": False,
         "BACKEND_LOGGING_CONFIGURE": False,
         **overrides,
@@ -158,3 +160,19 @@ def count_queries(db: t.Any) -> t.Callable[[], t.ContextManager[QueryCounter]]:
             sa.event.remove(db.engine, "before_cursor_execute", before)
 
     return counting
+
+
+@pytest.fixture
+def auth_header(app: t.Any) -> t.Callable[..., dict[str, str]]:
+    """``auth_header(role="user", user=None)``: an ``Authorization`` header for a (new) user."""
+    from example_app.services import AuthService
+    from tests.factories import make_user
+
+    def header(role: str = "user", user: t.Any = None, **token_kw: t.Any) -> dict[str, str]:
+        if user is None:
+            user = make_user(role=role)
+            _db.session.commit()
+        token = AuthService().tokens_for(user, **token_kw)["access_token"]
+        return {"Authorization": f"Bearer {token}"}
+
+    return header

@@ -7,16 +7,22 @@ import typing as t
 
 from flask import request
 from flask import Response
+from flask import url_for
 from flask.views import MethodView
 
 from flask_backend_patterns.api import Blueprint
 from flask_backend_patterns.api import envelope
 from flask_backend_patterns.api import etag_matches
 from flask_backend_patterns.api import page_meta
+from flask_backend_patterns.auth import current_user
+from flask_backend_patterns.auth import require_permission
 from flask_backend_patterns.repository import Page
 
+from ..schemas import MarketCreateSchema
 from ..schemas import MarketGetQuerySchema
 from ..schemas import MarketListQuerySchema
+from ..schemas import MarketPatchSchema
+from ..schemas import MarketReplaceSchema
 from ..schemas import MarketSchema
 from ..schemas import PositionListQuerySchema
 from ..schemas import PositionSchema
@@ -60,6 +66,38 @@ class Markets(MethodView):
         )
         return page_response(page, market_schema(fields, include))
 
+    @require_permission("write")
+    @blp.arguments(MarketCreateSchema)
+    @blp.response(
+        201,
+        MarketSchema,
+        headers={
+            "Location": {"description": "URL of the new market", "schema": {"type": "string"}},
+            "ETag": {"description": "Version of the market", "schema": {"type": "string"}},
+        },
+    )
+    def post(self, data: dict[str, t.Any]) -> Response:
+        """Create a market; ``initial_position`` is taken in the same transaction."""
+        initial_position = data.pop("initial_position", None)
+        market = MarketService().create_market(
+            data, creator_id=current_user.id, initial_position=initial_position
+        )
+        return _written(market, 201)
+
+
+def _written(market: t.Any, status: int = 200) -> Response:
+    headers = {"ETag": market.etag}
+    if status == 201:
+        headers["Location"] = url_for("markets.MarketById", market_id=market.id)
+    return envelope(_FULL_SCHEMA.dump(market), status=status, headers=headers)
+
+
+def _if_match() -> str | None:
+    return request.headers.get("If-Match")
+
+
+_ETAG_HEADER = {"ETag": {"description": "Version of the market", "schema": {"type": "string"}}}
+
 
 @blp.route("/<market_id>")
 class MarketById(MethodView):
@@ -81,14 +119,46 @@ class MarketById(MethodView):
             return Response(status=304, headers={"ETag": etag})
         return envelope(market_schema(fields, include).dump(market), headers={"ETag": etag} if etag else None)
 
+    @require_permission("write")
+    @blp.arguments(MarketReplaceSchema)
+    @blp.response(200, MarketSchema, headers=_ETAG_HEADER)
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(409, response="CONFLICT")
+    @blp.alt_response(412, response="PRECONDITION_FAILED")
+    def put(self, data: dict[str, t.Any], market_id: str) -> Response:
+        """Replace a market: every writable field required (owner, moderator or admin)."""
+        market = MarketService().replace_market(market_id, data, if_match=_if_match(), enforce_owner=True)
+        return _written(market)
+
+    @require_permission("write")
+    @blp.arguments(MarketPatchSchema)
+    @blp.response(200, MarketSchema, headers=_ETAG_HEADER)
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(409, response="CONFLICT")
+    @blp.alt_response(412, response="PRECONDITION_FAILED")
+    def patch(self, data: dict[str, t.Any], market_id: str) -> Response:
+        """Change only the fields given (owner, moderator or admin)."""
+        market = MarketService().update_market(market_id, data, if_match=_if_match(), enforce_owner=True)
+        return _written(market)
+
+    @require_permission("delete")
+    @blp.response(204)
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(412, response="PRECONDITION_FAILED")
+    def delete(self, market_id: str) -> Response:
+        """Delete a market and its positions (permission ``delete``)."""
+        MarketService().delete_market(market_id, if_match=_if_match())
+        return Response(status=204)
+
 
 @blp.route("/<market_id>/positions")
 class MarketPositions(MethodView):
+    @require_permission("read")
     @blp.arguments(PositionListQuerySchema, location="query")
     @blp.response(200, PositionSchema(many=True))
     @blp.alt_response(404, response="NOT_FOUND")
     def get(self, args: dict[str, t.Any], market_id: str) -> Response:
-        """A market's positions, paginated like markets."""
+        """A market's positions, paginated like markets (permission ``read``)."""
         page = MarketService().list_positions(
             market_id,
             filters={"outcome": args["outcome"]} if args.get("outcome") else None,
@@ -101,3 +171,4 @@ class MarketPositions(MethodView):
 
 
 _POSITION_SCHEMA = PositionSchema()
+_FULL_SCHEMA = MarketSchema(exclude=("creator",))

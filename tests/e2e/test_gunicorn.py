@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TEST_JWT_SECRET
 from tests.conftest import TEST_SECRET
 from tests.factories import make_markets
 
@@ -42,6 +44,7 @@ def server(app, database_uri, tmp_path):
         **os.environ,
         "DATABASE_URL": database_uri,
         "FLASK_SECRET_KEY": TEST_SECRET,
+        "FLASK_JWT_SECRET_KEY": TEST_JWT_SECRET,
         "FLASK_EXAMPLE_AUTO_MIGRATE": "false",
     }
     log_path = tmp_path / "gunicorn.log"
@@ -113,3 +116,48 @@ def test_readyz_over_http(server):
     base, _ = server
     status, _, body = get(f"{base}/readyz")
     assert status == 200 and body["data"]["checks"]["database"] == "ok"
+
+
+def post(url: str, body: dict | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        url, data=data, method="POST", headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else {}
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+def test_logout_is_seen_by_every_worker(server, db):
+    from example_app.services import AuthService
+
+    base, log_path = server
+    AuthService().create_user(email="w@example.com", password="worker-pass-123", role="user")
+    status, body = post(f"{base}/api/auth/login", {"email": "w@example.com", "password": "worker-pass-123"})
+    assert status == 200
+    bearer = {"Authorization": f"Bearer {body['data']['access_token']}"}
+    assert get(f"{base}/api/auth/me", bearer)[0] == 200
+    assert post(f"{base}/api/auth/logout", headers=bearer)[0] == 204
+    # Batches of concurrent requests, each on its own connection: while one worker is
+    # busy the other accepts. Stop once both workers have refused the token (bounded).
+    pids: set[int] = set()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        for batch in range(10):
+            rids = [f"after-logout-{batch}-{i}" for i in range(8)]
+            for status, _, body in pool.map(
+                lambda rid: get(f"{base}/api/auth/me", {**bearer, "X-Request-ID": rid}), rids
+            ):
+                assert status == 401 and body["code"] == "unauthorized"
+            lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+            pids = {
+                line["pid"]
+                for line in lines
+                if str(line.get("request_id", "")).startswith("after-logout-") and line.get("status") == 401
+            }
+            if len(pids) >= 2:
+                break
+    assert len(pids) == 2, "the requests after logout should have reached both workers"

@@ -156,11 +156,12 @@ def test_method_not_allowed_is_405_with_allow(client, markets):
     assert "GET" in response.headers["Allow"]
 
 
-def test_positions_list(client, db, markets):
+def test_positions_list(client, db, markets, auth_header):
     user = make_user()
     for amount in (1.0, 2.0, 3.0):
         make_position(markets[0], user, amount=amount, outcome="yes" if amount < 3 else "no")
     make_position(markets[1], user)
+    client.environ_base["HTTP_AUTHORIZATION"] = auth_header(user=user)["Authorization"]
     body = ok(client.get(f"/api/markets/{markets[0].id}/positions?sort=amount"))
     assert [p["amount"] for p in body["data"]] == [1.0, 2.0, 3.0] and body["meta"]["total"] == 3
     assert set(body["data"][0]) == {"id", "market_id", "user_id", "outcome", "amount", "created_at"}
@@ -168,12 +169,19 @@ def test_positions_list(client, db, markets):
     assert [p["outcome"] for p in only_no] == ["no"]
 
 
-def test_positions_of_unknown_market_is_404(client):
-    error(client.get("/api/markets/nope/positions"), 404, "not_found")
+def test_positions_need_a_token(client, markets):
+    response = client.get(f"/api/markets/{markets[0].id}/positions")
+    error(response, 401, "unauthorized")
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
-def test_positions_bad_sort_is_400(client, markets):
-    error(client.get(f"/api/markets/{markets[0].id}/positions?sort=volume"), 400, "validation_error")
+def test_positions_of_unknown_market_is_404(client, auth_header):
+    error(client.get("/api/markets/nope/positions", headers=auth_header()), 404, "not_found")
+
+
+def test_positions_bad_sort_is_400(client, markets, auth_header):
+    response = client.get(f"/api/markets/{markets[0].id}/positions?sort=volume", headers=auth_header())
+    error(response, 400, "validation_error")
 
 
 def test_request_id_echoed_on_success_and_error(client, markets):
