@@ -1,162 +1,79 @@
-"""Benchmarks of the foundation; writes docs/benchmarks.md.
+"""Benchmarks; each writes its section of docs/benchmarks.md.
 
-1. Throughput of ``GET /api/markets?status=active&sort=-volume&limit=20`` on 100,000
-   PostgreSQL rows vs bare Flask ``/ping``, both under the same gunicorn settings, driven
-   by wrk on loopback, alternating, several rounds; the ratio is taken per round, then
-   the median.
-2. Server-side time of one page at depth 0, 10k and 90k, by offset and by keyset cursor
-   (the repository call, in process), median of many runs.
+- ``list``: ``GET /api/markets?status=active&sort=-volume&limit=20`` on 100,000 PostgreSQL
+  rows vs bare Flask ``/ping``, both under the same gunicorn settings.
+- ``pages``: server-side time of one page at depth 0, 10k and 90k, by offset and by
+  keyset cursor (the repository call, in process).
+- ``auth``: a trivial endpoint of the full middleware stack with and without HS256 bearer
+  verification (and the revocation lookup in Redis), vs bare Flask ``/ping``.
 
-Needs PostgreSQL (``DATABASE_URL``, default the local ``bench`` database, made if
-missing) and ``wrk``. Usage: ``python bench/run.py [--rounds 5] [--duration 5]``.
+Needs PostgreSQL (``--database-url``, default the local ``bench`` database, made if
+missing), Redis (``--redis-url``) and ``wrk``.
+Usage: ``python bench/run.py [--only list,pages,auth] [--rounds 5] [--duration 5]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
-import re
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
-import sqlalchemy as sa
+from bench import stack
+from bench.common import compare
+from bench.common import DEFAULT_DATABASE_URL
+from bench.common import DEFAULT_REDIS_URL
+from bench.common import ensure_database
+from bench.common import env_for
+from bench.common import machine
+from bench.common import median_ratio
+from bench.common import N_MARKETS
+from bench.common import SECRET
+from bench.common import seed
+from bench.common import Server
+from bench.common import write_section
 
-ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "benchmarks.md"
 LIST_PATH = "/api/markets?status=active&sort=-volume&limit=20"
-N_MARKETS = 100_000
-SECRET = "bench-secret-key-0123456789-0123456789-abcdef"
+BENCHES = ("list", "pages", "auth")
 
 
-def ensure_database(url: str) -> None:
-    parsed = sa.make_url(url)
-    admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        if not conn.scalar(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": parsed.database}):
-            conn.execute(sa.text(f'CREATE DATABASE "{parsed.database}"'))
-    admin.dispose()
-
-
-def env_for(url: str) -> dict[str, str]:
-    return {**os.environ, "DATABASE_URL": url, "FLASK_SECRET_KEY": SECRET, "REDIS_URL": ""}
-
-
-def seed(url: str) -> None:
-    env = env_for(url)
-    flask = [sys.executable, "-m", "flask", "--app", "example_app"]
-    subprocess.run([*flask, "db", "upgrade"], env=env, cwd=ROOT, check=True, capture_output=True)
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        have = conn.scalar(sa.text("SELECT count(*) FROM markets"))
-    engine.dispose()
-    if have != N_MARKETS:
-        print(f"seeding {N_MARKETS} markets (had {have})", flush=True)
-        engine = sa.create_engine(url)
-        with engine.begin() as conn:
-            conn.execute(sa.text("TRUNCATE positions, markets, users"))
-        engine.dispose()
-        started = time.perf_counter()
-        subprocess.run(
-            [*flask, "seed", "--markets", str(N_MARKETS), "--users", "100", "--seed", "1"],
-            env=env,
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
+def bench_list(args: argparse.Namespace) -> None:
+    env = env_for(args.database_url)
+    with (
+        Server("example_app:create_app()", env, args.workers, "/healthz") as ours,
+        Server("bench.bare_app:create_app()", env, args.workers, "/ping") as bare,
+    ):
+        runs = compare(
+            {"list": (ours.base + LIST_PATH, {}), "ping": (bare.base + "/ping", {})},
+            rounds=args.rounds,
+            duration=args.duration,
+            connections=args.connections,
         )
-        print(f"seeded in {time.perf_counter() - started:.1f} s", flush=True)
-    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text("VACUUM ANALYZE markets"))
-    engine.dispose()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_gunicorn(target: str, url: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-w",
-            str(workers),
-            "-b",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "warning",
-            target,
-        ],
-        cwd=ROOT,
-        env={**env_for(url), "FLASK_EXAMPLE_AUTO_MIGRATE": "false"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    rows = "\n".join(
+        f"| {i + 1} | {a:.0f} | {b:.0f} | {a / b:.3f} |"
+        for i, (a, b) in enumerate(zip(runs["list"], runs["ping"], strict=True))
     )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(base + ("/ping" if "bare" in target else "/healthz"), timeout=2):
-                return proc, base
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"gunicorn {target} did not start")
+    ratio = median_ratio(runs["list"], runs["ping"])
+    write_section(
+        "list",
+        f"""
+## List endpoint vs bare Flask
 
+`python bench/run.py --only list --rounds {args.rounds} --duration {args.duration}`, {machine()}.
 
-def wrk(url: str, duration: int, connections: int) -> float:
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", url], capture_output=True, text=True, check=True
-    ).stdout
-    if "Non-2xx" in out:
-        raise RuntimeError(f"errors while benchmarking {url}:\n{out}")
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not match:
-        raise RuntimeError(out)
-    return float(match.group(1))
+`GET {LIST_PATH}` on {N_MARKETS:,} markets in PostgreSQL (the full stack: request id, JSON access
+log line, flask-smorest argument parsing, repository with the total, marshmallow dump, error
+handlers; no cache) against a bare Flask `/ping`, both under `gunicorn -w {args.workers}` (sync
+workers), `wrk -t1 -c{args.connections} -d{args.duration}s`, {args.rounds} rounds.
 
+| round | list req/s | /ping req/s | ratio |
+|---|---|---|---|
+{rows}
 
-def throughput(url: str, rounds: int, duration: int, workers: int, connections: int) -> dict[str, object]:
-    ours, ours_base = start_gunicorn("example_app:create_app()", url, workers)
-    bare, bare_base = start_gunicorn("bench.bare_app:create_app()", url, workers)
-    try:
-        with urllib.request.urlopen(ours_base + LIST_PATH) as response:
-            body = json.loads(response.read())
-        assert body["success"] and len(body["data"]) == 20, body
-        wrk(ours_base + LIST_PATH, 2, connections)  # warm-up: imports, pools, caches
-        wrk(bare_base + "/ping", 2, connections)
-        rows = []
-        for i in range(rounds):
-            list_rps = wrk(ours_base + LIST_PATH, duration, connections)
-            ping_rps = wrk(bare_base + "/ping", duration, connections)
-            rows.append((list_rps, ping_rps, list_rps / ping_rps))
-            print(
-                f"round {i + 1}: list {list_rps:.0f} req/s, ping {ping_rps:.0f} req/s, "
-                f"ratio {list_rps / ping_rps:.3f}",
-                flush=True,
-            )
-    finally:
-        for proc in (ours, bare):
-            proc.terminate()
-            proc.wait(timeout=20)
-    return {
-        "rows": rows,
-        "list": statistics.median(r[0] for r in rows),
-        "ping": statistics.median(r[1] for r in rows),
-        "ratio": statistics.median(r[2] for r in rows),
-    }
+**Median: list {statistics.median(runs["list"]):.0f} req/s, /ping {statistics.median(runs["ping"]):.0f} req/s, ratio {ratio:.3f}x**
+(target >= 0.35x).
+""",
+    )
 
 
 def page_times(url: str, runs: int) -> list[tuple[int, float, float]]:
@@ -206,49 +123,24 @@ def page_times(url: str, runs: int) -> list[tuple[int, float, float]]:
     return results
 
 
-def write_doc(args: argparse.Namespace, tp: dict[str, object], pages: list[tuple[int, float, float]]) -> None:
-    base_keyset = pages[0][2]
-    rows = "\n".join(
-        f"| {i + 1} | {r[0]:.0f} | {r[1]:.0f} | {r[2]:.3f} |"
-        for i, r in enumerate(tp["rows"])  # type: ignore[arg-type]
-    )
+def bench_pages(args: argparse.Namespace) -> None:
+    pages = page_times(args.database_url, args.page_runs)
     page_rows = "\n".join(
-        f"| {d:,} | {o:.2f} | {k:.2f} | {o / pages[0][1]:.2f}x | {k / base_keyset:.2f}x |"
+        f"| {d:,} | {o:.2f} | {k:.2f} | {o / pages[0][1]:.2f}x | {k / pages[0][2]:.2f}x |"
         for d, o, k in pages
     )
-    notes_marker = "## Reading these figures"
-    old = DOC.read_text() if DOC.exists() else ""
-    notes = old[old.index(notes_marker) :] if notes_marker in old else ""
-    DOC.write_text(
-        f"""# Benchmarks
-
-Measured by `python bench/run.py --rounds {args.rounds} --duration {args.duration}` (or `tox -e bench`)
-on {dt.date.today().isoformat()}, on this project's CI machine kind: {os.cpu_count()} cores, Python
-{platform.python_version()}, PostgreSQL on the same machine, load from `wrk` on loopback. The machine
-is small and noisy, so both sides of each comparison run in the same run, alternating, and the
-figures are medians.
-
-## List endpoint vs bare Flask
-
-`GET {LIST_PATH}` on {N_MARKETS:,} markets in PostgreSQL (the full stack: request id, JSON access
-log line, flask-smorest argument parsing, repository with count, marshmallow dump, error
-handlers) against a bare Flask `/ping`, both under `gunicorn -w {args.workers}` (sync workers),
-`wrk -t1 -c{args.connections} -d{args.duration}s`, {args.rounds} rounds.
-
-| round | list req/s | /ping req/s | ratio |
-|---|---|---|---|
-{rows}
-
-**Median: list {tp["list"]:.0f} req/s, /ping {tp["ping"]:.0f} req/s, ratio {tp["ratio"]:.3f}x**
-(target >= 0.35x).
-
+    write_section(
+        "pages",
+        f"""
 ## Keyset vs offset at depth
 
-Server-side time of one page (`sort=-volume`, 20 rows, no filter, no count), the
-repository call in process, median of {args.page_runs} runs per cell. The cells are timed in two
-round robins: the first page with the keyset pages, then the offset pages (the deep offset scans
-evict the caches, which is why the offset column's depth 0 is slower than the keyset column's,
-which is the first page, no cursor).
+`python bench/run.py --only pages --page-runs {args.page_runs}`, {machine()}.
+
+Server-side time of one page (`sort=-volume`, 20 rows, no filter, no total), the repository
+call in process, median of {args.page_runs} runs per cell. The cells are timed in two round
+robins: the first page with the keyset pages, then the offset pages (the deep offset scans evict
+the caches, which is why the offset column's depth 0 is slower than the keyset column's, which is
+the first page, no cursor).
 
 | depth (rows skipped) | offset ms | keyset ms | offset vs depth 0 | keyset vs depth 0 |
 |---|---|---|---|---|
@@ -256,32 +148,34 @@ which is the first page, no cursor).
 
 Target: a keyset page at depth 90k costs <= 1.5x page 1. Offset pages grow with depth; keyset
 pages read the index from the cursor's position on.
-
-"""
-        + notes
+""",
     )
-    print(f"wrote {DOC}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/bench"),
-    )
+    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
+    parser.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated: {', '.join(BENCHES)}")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--page-runs", type=int, default=50)
+    parser.add_argument("--page-runs", type=int, default=300)
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
-    ensure_database(args.database_url)
-    seed(args.database_url)
-    tp = throughput(args.database_url, args.rounds, args.duration, args.workers, args.connections)
-    pages = page_times(args.database_url, args.page_runs)
-    write_doc(args, tp, pages)
+    chosen = [name for name in args.only.split(",") if name]
+    unknown = set(chosen) - set(BENCHES)
+    if unknown:
+        parser.error(f"unknown benchmarks: {sorted(unknown)}")
+    if {"list", "pages"} & set(chosen):
+        ensure_database(args.database_url)
+        seed(args.database_url)
+    runners = {"list": bench_list, "pages": bench_pages, "auth": stack.bench_auth}
+    for name in chosen:
+        started = time.perf_counter()
+        runners[name](args)
+        print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

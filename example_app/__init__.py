@@ -18,7 +18,9 @@ from .api import register_blueprints
 from .cli import register_cli
 from .config import load_config
 from .extensions import auth
+from .extensions import cache
 from .extensions import db
+from .extensions import limiter
 from .extensions import migrate
 from .extensions import patterns
 
@@ -33,6 +35,8 @@ def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
     patterns.init_app(app)
     db.init_app(app)
     auth.init_app(app)
+    limiter.init_app(app)
+    cache.init_app(app)
     _enable_sqlite_foreign_keys(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
     api = Api(app)

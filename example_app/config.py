@@ -85,6 +85,13 @@ def load_config(app: Flask, overrides: t.Mapping[str, t.Any] | None = None) -> N
     if redis_url:
         # One Redis for everything shared by workers and hosts.
         app.config.setdefault("BACKEND_AUTH_REVOCATION_REDIS_URL", redis_url)
+        app.config.setdefault("CACHE_REDIS_URL", redis_url)
+        app.config.setdefault("RATELIMIT_STORAGE_URI", redis_url)
+    elif uri and "CACHE_TYPE" not in app.config:
+        # Only the embedded default (no database configured) is one process for sure. A
+        # configured database without Redis may have several workers, and an in-process
+        # cache would serve one worker's stale copy after another's write: read through.
+        app.config["CACHE_TYPE"] = "NullCache"
     if app.config["EXAMPLE_AUTO_MIGRATE"] is None:
         app.config["EXAMPLE_AUTO_MIGRATE"] = app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite")
     if not app.config.get("SECRET_KEY"):

@@ -15,10 +15,12 @@ from flask_backend_patterns.auth import ensure_owner
 from flask_backend_patterns.auth import get_bearer_token
 from flask_backend_patterns.auth import get_state as get_auth_state
 from flask_backend_patterns.auth import revoke_token
+from flask_backend_patterns.cache import CachedRepository
 from flask_backend_patterns.errors import NotFoundError
 from flask_backend_patterns.errors import PreconditionFailedError
 from flask_backend_patterns.errors import UnauthorizedError
 from flask_backend_patterns.repository import Page
+from flask_backend_patterns.repository import Repository
 from flask_backend_patterns.service import Service
 from flask_backend_patterns.transactions import transaction
 
@@ -41,12 +43,15 @@ def _check_if_match(market: Market, if_match: str | None) -> None:
 class MarketService(Service[Market]):
     """Markets and the positions taken on them."""
 
-    repository: MarketRepository
+    repository: t.Any
 
     def __init__(
-        self, markets: MarketRepository | None = None, positions: PositionRepository | None = None
+        self,
+        markets: Repository[Market] | None = None,
+        positions: PositionRepository | None = None,
     ) -> None:
-        super().__init__(markets or MarketRepository())
+        # Reads of markets go through the cache; its writes invalidate after commit.
+        super().__init__(markets or CachedRepository(MarketRepository()))
         self.positions = positions or PositionRepository(self.repository.session)
 
     def create_market(

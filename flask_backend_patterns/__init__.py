@@ -1,5 +1,5 @@
-"""Backend patterns as Flask extensions: errors, logging, auth, repositories, transactions,
-rate limits, retries.
+"""Backend patterns as Flask extensions: errors, logging, auth, repositories, a cache,
+transactions, rate limits, retries and jobs.
 
 Each part works alone (``ErrorHandler(app)``, ``RequestLogging(app)``, ...);
 ``BackendPatterns(app)`` registers the ones the config enables.
@@ -24,6 +24,12 @@ from .auth import require_role
 from .auth import RevocationStore
 from .auth import revoke_token
 from .auth import SQLAlchemyRevocationStore
+from .cache import cache_health
+from .cache import CachedRepository
+from .cache import CacheHealth
+from .cache import CacheStats
+from .cache import ModelCodec
+from .cache import RepositoryCache
 from .errors import ApiError
 from .errors import BadRequestError
 from .errors import ConflictError
@@ -35,6 +41,8 @@ from .errors import ServiceUnavailableError
 from .errors import UnauthorizedError
 from .errors import ValidationError
 from .extension import BackendPatterns
+from .jobs import JobInfo
+from .jobs import JobQueue
 from .logging import bind_request_id
 from .logging import get_request_id
 from .logging import JsonFormatter
@@ -60,18 +68,25 @@ __all__ = [
     "Auth",
     "BackendPatterns",
     "BadRequestError",
+    "CacheHealth",
+    "CacheStats",
+    "CachedRepository",
     "ConflictError",
     "ErrorHandler",
     "ForbiddenError",
     "Identity",
     "Include",
+    "JobInfo",
+    "JobQueue",
     "JsonFormatter",
+    "ModelCodec",
     "NotFoundError",
     "Page",
     "PreconditionFailedError",
     "RateLimiting",
     "RedisRevocationStore",
     "Repository",
+    "RepositoryCache",
     "RequestLogging",
     "RetryPolicy",
     "RevocationStore",
@@ -83,6 +98,7 @@ __all__ = [
     "UtcDateTime",
     "ValidationError",
     "bind_request_id",
+    "cache_health",
     "create_access_token",
     "create_refresh_token",
     "current_user",

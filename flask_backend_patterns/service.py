@@ -7,7 +7,6 @@ import typing as t
 from .errors import NotFoundError
 from .repository import Page
 from .repository import Repository
-from .repository import SQLAlchemyRepository
 from .transactions import transaction
 
 ModelT = t.TypeVar("ModelT")
@@ -28,7 +27,11 @@ class Service(t.Generic[ModelT]):
 
     @property
     def _session(self) -> t.Any:
-        return self.repository.session if isinstance(self.repository, SQLAlchemyRepository) else None
+        # A SQLAlchemyRepository, or a wrapper of one (CachedRepository), has a session.
+        try:
+            return getattr(self.repository, "session", None)
+        except RuntimeError:
+            return None  # outside Flask-SQLAlchemy: transaction() uses its default
 
     def list(self, **query: t.Any) -> Page[ModelT]:
         """One page of rows; ``query`` as :meth:`SQLAlchemyRepository.find_page`."""

@@ -18,6 +18,8 @@ from example_app import create_app
 from example_app.config import _database_url
 from example_app.extensions import db as _db
 from example_app.models import MarketStatusCount
+from flask_backend_patterns.cache import get_state as get_cache_state
+from flask_backend_patterns.cache import namespace_of
 
 DATABASE_URL = os.environ.get("DATABASE_URL")
 REDIS_URL = os.environ.get("REDIS_URL")
@@ -70,6 +72,8 @@ def make_app(database_uri: str, **overrides: t.Any) -> t.Any:
         "JWT_SECRET_KEY": TEST_JWT_SECRET,
         "EXAMPLE_AUTO_MIGRATE": False,
         "BACKEND_LOGGING_CONFIGURE": False,
+        # Tests send many requests from one address; the rate-limit tests turn it on.
+        "RATELIMIT_ENABLED": False,
         **overrides,
     }
     return create_app(config)
@@ -93,6 +97,10 @@ def app(database_uri: str, _schema: None) -> t.Iterator[t.Any]:
     with app.app_context():
         yield app
         _db.session.remove()
+        # The rows go below without the repositories: drop every cached read of them too.
+        cache_state = get_cache_state(app)
+        for mapper in _db.Model.registry.mappers:
+            cache_state.invalidate(namespace_of(mapper.class_))
         with _db.engine.begin() as conn:
             for table in reversed(_db.metadata.sorted_tables):
                 conn.execute(table.delete())

@@ -11,17 +11,23 @@ from flask_backend_patterns.api import Blueprint
 from flask_backend_patterns.api import envelope
 from flask_backend_patterns.auth import current_user
 from flask_backend_patterns.auth import require_auth
+from flask_backend_patterns.ratelimit import rate_limit
 
 from ..schemas import LoginSchema
 from ..schemas import MeSchema
 from ..schemas import TokenSchema
 from ..services import AuthService
 
+#: login attempts a client may make; other routes use RATELIMIT_DEFAULT.
+LOGIN_RATE_LIMIT = "10 per minute"
+
 blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Tokens and the current user")
 
 
 @blp.route("/login")
 class Login(MethodView):
+    # Guessing passwords costs a client more than browsing: a tighter limit.
+    @rate_limit(LOGIN_RATE_LIMIT)
     @blp.arguments(LoginSchema)
     @blp.response(200, TokenSchema)
     @blp.alt_response(401, response="UNAUTHORIZED")

@@ -11,6 +11,7 @@ from flask.views import MethodView
 
 from flask_backend_patterns.api import Blueprint
 from flask_backend_patterns.api import envelope
+from flask_backend_patterns.cache import cache_health
 from flask_backend_patterns.errors import error_response
 
 from ..extensions import db
@@ -39,17 +40,14 @@ def _check_database() -> str | None:
 
 
 def _check_redis() -> str | None:
-    url = current_app.config.get("REDIS_URL")
-    if not url:
+    if not current_app.config.get("REDIS_URL"):
         return None
-    import redis
-
-    try:
-        redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping()
-    except redis.RedisError as exc:
-        log.warning("readiness: redis check failed: %s", type(exc).__name__)
-        return f"redis unreachable ({type(exc).__name__})"
-    return None
+    # The cache's own client (short timeouts), not a new connection per probe.
+    health = cache_health()
+    if health.ok:
+        return None
+    log.warning("readiness: redis check failed: %s", health.error)
+    return "redis unreachable"
 
 
 @blp.route("/readyz")

@@ -4,84 +4,21 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_JWT_SECRET
-from tests.conftest import TEST_SECRET
+from tests.e2e.servers import get
+from tests.e2e.servers import gunicorn_server
+from tests.e2e.servers import post
 from tests.factories import make_markets
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], dict]:
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, dict(response.headers), json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, dict(exc.headers), json.loads(exc.read())
 
 
 @pytest.fixture
 def server(app, database_uri, tmp_path):
     make_markets(30)
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_uri,
-        "FLASK_SECRET_KEY": TEST_SECRET,
-        "FLASK_JWT_SECRET_KEY": TEST_JWT_SECRET,
-        "FLASK_EXAMPLE_AUTO_MIGRATE": "false",
-    }
-    log_path = tmp_path / "gunicorn.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-w",
-                "2",
-                "-b",
-                f"127.0.0.1:{port}",
-                "--graceful-timeout",
-                "5",
-                "example_app:create_app()",
-            ],
-            cwd=Path(__file__).resolve().parents[2],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if get(f"{base}/healthz")[0] == 200:
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(log_path.read_text()) from None
-                time.sleep(0.2)
-        yield base, log_path
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with gunicorn_server(database_uri, tmp_path, workers=2) as running:
+        yield running
 
 
 def test_serves_lists_across_workers_with_shared_cursor_secret(server):
@@ -116,20 +53,6 @@ def test_readyz_over_http(server):
     base, _ = server
     status, _, body = get(f"{base}/readyz")
     assert status == 200 and body["data"]["checks"]["database"] == "ok"
-
-
-def post(url: str, body: dict | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        url, data=data, method="POST", headers={"Content-Type": "application/json", **(headers or {})}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            raw = response.read()
-            return response.status, json.loads(raw) if raw else {}
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())
 
 
 def test_logout_is_seen_by_every_worker(server, db):

@@ -5,13 +5,21 @@ from __future__ import annotations
 import pytest
 from flask import Flask
 
+from flask_backend_patterns import auth
+from flask_backend_patterns import cache
 from flask_backend_patterns import errors
 from flask_backend_patterns import extension as umbrella
+from flask_backend_patterns import jobs
 from flask_backend_patterns import logging as fbp_logging
+from flask_backend_patterns import ratelimit
 
 PARTS = [
+    pytest.param(auth.Auth, auth.get_state, id="auth"),
+    pytest.param(cache.RepositoryCache, cache.get_state, id="cache"),
     pytest.param(errors.ErrorHandler, errors.get_state, id="errors"),
     pytest.param(fbp_logging.RequestLogging, fbp_logging.get_state, id="logging"),
+    pytest.param(jobs.JobQueue, jobs.get_state, id="jobs"),
+    pytest.param(ratelimit.RateLimiting, ratelimit.get_state, id="ratelimit"),
     pytest.param(umbrella.BackendPatterns, umbrella.get_state, id="umbrella"),
 ]
 
@@ -19,6 +27,12 @@ PARTS = [
 def new_app(name="app"):
     app = Flask(name)
     app.config.update(TESTING=True, BACKEND_LOGGING_CONFIGURE=False)
+    # auth: a configured secret (no file in the instance folder) and a shared revocation
+    # store (the Redis client connects lazily: nothing here talks to Redis).
+    app.config.update(
+        JWT_SECRET_KEY="contract-test-secret-0123456789abcdef0123456789",
+        BACKEND_AUTH_REVOCATION_REDIS_URL="redis://127.0.0.1:6379/7",
+    )
     return app
 
 
