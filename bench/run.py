@@ -4,12 +4,16 @@
   rows vs bare Flask ``/ping``, both under the same gunicorn settings.
 - ``pages``: server-side time of one page at depth 0, 10k and 90k, by offset and by
   keyset cursor (the repository call, in process).
-- ``auth``: a trivial endpoint of the full middleware stack with and without HS256 bearer
-  verification (and the revocation lookup in Redis), vs bare Flask ``/ping``.
+- ``stack``: a trivial endpoint behind the full middleware stack (request id, access log,
+  errors, HS256 bearer verification with its revocation lookup, a Redis rate limit), the
+  same without auth, and bare Flask ``/ping``.
+- ``jobs``: our ``enqueue`` vs bare RQ's, and a worker's jobs/s forking vs not.
+- ``search``: query latency (embedding plus top 10) over 100,000 market vectors, and the
+  labelled set's hit@1 and MRR for each embedder.
 
 Needs PostgreSQL (``--database-url``, default the local ``bench`` database, made if
 missing), Redis (``--redis-url``) and ``wrk``.
-Usage: ``python bench/run.py [--only list,pages,auth] [--rounds 5] [--duration 5]``.
+Usage: ``python bench/run.py [--only list,pages,stack,jobs,search] [--rounds 5] [--duration 5]``.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ from bench.common import SECRET
 from bench.common import seed
 from bench.common import Server
 from bench.common import write_section
+from bench.jobs import bench_jobs
+from bench.search import bench_search
 
 LIST_PATH = "/api/markets?status=active&sort=-volume&limit=20"
-BENCHES = ("list", "pages", "auth")
+BENCHES = ("list", "pages", "stack", "jobs", "search")
 
 
 def bench_list(args: argparse.Namespace) -> None:
@@ -170,7 +176,13 @@ def main() -> None:
     if {"list", "pages"} & set(chosen):
         ensure_database(args.database_url)
         seed(args.database_url)
-    runners = {"list": bench_list, "pages": bench_pages, "auth": stack.bench_auth}
+    runners = {
+        "list": bench_list,
+        "pages": bench_pages,
+        "stack": stack.bench_stack,
+        "jobs": bench_jobs,
+        "search": bench_search,
+    }
     for name in chosen:
         started = time.perf_counter()
         runners[name](args)

@@ -1,7 +1,8 @@
 """A trivial endpoint behind the library's middleware, for the stack benchmarks.
 
-``/ping`` runs the request id, the JSON access log and the error handler;
-``/ping-auth`` adds HS256 bearer verification and the revocation lookup in Redis.
+``/ping`` runs the request id, the JSON access log, the error handler and a rate limit
+counted in Redis; ``/ping-auth`` adds HS256 bearer verification and the revocation
+lookup in Redis: the full stack.
 Configured from the environment the benchmark gives it (``BENCH_REDIS_URL``,
 ``BENCH_JWT_SECRET``).
 """
@@ -14,6 +15,7 @@ from flask import Flask
 
 from flask_backend_patterns import Auth
 from flask_backend_patterns import BackendPatterns
+from flask_backend_patterns import RateLimiting
 from flask_backend_patterns import require_auth
 
 
@@ -22,9 +24,13 @@ def create_app() -> Flask:
     app.config.update(
         JWT_SECRET_KEY=os.environ["BENCH_JWT_SECRET"],
         BACKEND_AUTH_REVOCATION_REDIS_URL=os.environ["BENCH_REDIS_URL"],
+        RATELIMIT_STORAGE_URI=os.environ["BENCH_REDIS_URL"],
+        # Counted like any limit, never reached by the benchmark's load.
+        RATELIMIT_DEFAULT="100000000 per minute",
     )
     BackendPatterns(app)
-    Auth(app)
+    Auth(app)  # before the limiter, so that a known caller is counted per user
+    RateLimiting(app)
 
     @app.get("/ping")
     def ping() -> dict[str, bool]:

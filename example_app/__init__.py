@@ -20,6 +20,7 @@ from .config import load_config
 from .extensions import auth
 from .extensions import cache
 from .extensions import db
+from .extensions import jobs
 from .extensions import limiter
 from .extensions import migrate
 from .extensions import patterns
@@ -37,6 +38,7 @@ def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
     auth.init_app(app)
     limiter.init_app(app)
     cache.init_app(app)
+    jobs.init_app(app)
     _enable_sqlite_foreign_keys(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
     api = Api(app)

@@ -28,6 +28,10 @@ class Defaults:
     SQLALCHEMY_ENGINE_OPTIONS: dict[str, t.Any] = {"pool_pre_ping": True}
     SQLALCHEMY_RECORD_QUERIES = False
     MAX_CONTENT_LENGTH = 1024 * 1024
+    #: how plain ``rq worker`` builds the app its jobs run in.
+    BACKEND_JOBS_APP_FACTORY = "example_app:create_app"
+    #: "hashing" (no download) or "sentence" (the ``semantic`` extra's MiniLM model).
+    EXAMPLE_SEARCH_EMBEDDER = "hashing"
     #: create missing tables at start-up (the embedded SQLite default does).
     EXAMPLE_AUTO_MIGRATE: bool | None = None
 
@@ -87,6 +91,7 @@ def load_config(app: Flask, overrides: t.Mapping[str, t.Any] | None = None) -> N
         app.config.setdefault("BACKEND_AUTH_REVOCATION_REDIS_URL", redis_url)
         app.config.setdefault("CACHE_REDIS_URL", redis_url)
         app.config.setdefault("RATELIMIT_STORAGE_URI", redis_url)
+        app.config.setdefault("BACKEND_JOBS_REDIS_URL", redis_url)
     elif uri and "CACHE_TYPE" not in app.config:
         # Only the embedded default (no database configured) is one process for sure. A
         # configured database without Redis may have several workers, and an in-process

@@ -10,6 +10,7 @@ from flask_backend_patterns import BackendPatterns
 from flask_backend_patterns.auth import Auth
 from flask_backend_patterns.auth import SQLAlchemyRevocationStore
 from flask_backend_patterns.cache import RepositoryCache
+from flask_backend_patterns.jobs import JobQueue
 from flask_backend_patterns.ratelimit import RateLimiting
 
 
@@ -26,4 +27,6 @@ auth = Auth(revocation_store=SQLAlchemyRevocationStore(db))
 cache = RepositoryCache()
 #: registered after auth, so that a known caller is limited per user.
 limiter = RateLimiting()
+#: on Redis with REDIS_URL (workers: flask jobs worker); inline in the request otherwise.
+jobs = JobQueue()
 # flask-smorest keeps its spec on the Api object, so each app gets its own (see create_app).

@@ -109,6 +109,40 @@ def _install_counters(target: sa.MetaData, connection: sa.Connection, **kw: t.An
         install_market_counters(connection)
 
 
+@sa.event.listens_for(db.metadata, "after_create")
+def _first_search_revision(target: sa.MetaData, connection: sa.Connection, **kw: t.Any) -> None:
+    tables = {table.name for table in kw.get("tables") or target.sorted_tables}
+    if "search_revision" in tables:
+        connection.execute(sa.insert(SearchRevision.__table__).values(id=1, revision=0))
+
+
 @sa.event.listens_for(db.metadata, "before_drop")
 def _remove_counters(target: sa.MetaData, connection: sa.Connection, **kw: t.Any) -> None:
     remove_market_counters(connection)
+
+
+class MarketEmbedding(db.Model):  # type: ignore[name-defined,misc]
+    """A market's vector for semantic search, written by the index job."""
+
+    __tablename__ = "market_embeddings"
+
+    market_id: orm.Mapped[str] = orm.mapped_column(
+        sa.ForeignKey("markets.id", ondelete="CASCADE"), primary_key=True
+    )
+    #: the embedder that made the vector (its name says the model and dimension).
+    embedder: orm.Mapped[str] = orm.mapped_column(sa.String(64))
+    vector: orm.Mapped[bytes] = orm.mapped_column(sa.LargeBinary)
+    #: the market version the vector was made from.
+    market_version: orm.Mapped[int] = orm.mapped_column(sa.Integer)
+    #: the search revision of this write: processes load the rows newer than theirs.
+    revision: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, index=True)
+    updated_at: orm.Mapped[dt.datetime] = orm.mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
+
+
+class SearchRevision(db.Model):  # type: ignore[name-defined,misc]
+    """One row: bumped in the transaction of every change to the embeddings."""
+
+    __tablename__ = "search_revision"
+
+    id: orm.Mapped[int] = orm.mapped_column(sa.Integer, primary_key=True)
+    revision: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, default=0)

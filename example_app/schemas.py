@@ -177,6 +177,53 @@ class MeSchema(ma.Schema):
     permissions = ma.fields.List(ma.fields.String(), required=True)
 
 
+class SearchQuerySchema(ma.Schema):
+    q = ma.fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=500),
+        metadata={"description": "What to look for, in words"},
+    )
+    limit = ma.fields.Integer(
+        load_default=10, validate=validate.Range(1, 50), metadata={"description": "Results, 1 to 50"}
+    )
+
+    @ma.validates("q")
+    def _not_blank(self, value: str, **kwargs: t.Any) -> None:
+        if not value.strip():
+            raise ma.ValidationError("Give some words to search for.")
+
+
+class MarketSearchResultSchema(MarketSchema):
+    """A market found by search, with its similarity to the query (cosine, -1 to 1)."""
+
+    score = ma.fields.Float(required=True)
+
+
+class JobSchema(ma.Schema):
+    """A background job: status, and its result or error once it ended."""
+
+    id = ma.fields.String(required=True)
+    status = ma.fields.String(
+        required=True,
+        metadata={
+            "enum": [
+                "queued",
+                "started",
+                "finished",
+                "failed",
+                "scheduled",
+                "deferred",
+                "stopped",
+                "canceled",
+            ]
+        },
+    )
+    result = ma.fields.Raw(allow_none=True)
+    error = ma.fields.String(allow_none=True)
+    enqueued_at = ma.fields.String(allow_none=True, metadata={"format": "date-time"})
+    ended_at = ma.fields.String(allow_none=True, metadata={"format": "date-time"})
+
+
 class HealthSchema(ma.Schema):
     status = ma.fields.String(required=True)
     checks = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String())

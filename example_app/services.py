@@ -19,11 +19,19 @@ from flask_backend_patterns.cache import CachedRepository
 from flask_backend_patterns.errors import NotFoundError
 from flask_backend_patterns.errors import PreconditionFailedError
 from flask_backend_patterns.errors import UnauthorizedError
+from flask_backend_patterns.jobs import JobInfo
 from flask_backend_patterns.repository import Page
 from flask_backend_patterns.repository import Repository
 from flask_backend_patterns.service import Service
 from flask_backend_patterns.transactions import transaction
 
+from .extensions import db
+from .extensions import jobs
+from .indexing import bump_search_revision
+from .indexing import current_embedder
+from .indexing import get_market_index
+from .indexing import queue_index
+from .indexing import queue_index_after_write
 from .models import Market
 from .models import Position
 from .models import User
@@ -66,7 +74,10 @@ class MarketService(Service[Market]):
             market = self.repository.create({**data, "creator_id": creator_id})
             if initial_position is not None:
                 self.positions.create({**initial_position, "market_id": market.id, "user_id": creator_id})
-            return market
+            written = (market.id, market.version)
+        # After the commit: a worker must find the market it is asked to index.
+        queue_index_after_write(*written)
+        return market
 
     def replace_market(
         self,
@@ -112,7 +123,10 @@ class MarketService(Service[Market]):
                 # Before If-Match: a stranger learns nothing about the current version.
                 ensure_owner(market.creator_id)
             _check_if_match(market, if_match)
-            return self.repository.update(market_id, changes)
+            market = self.repository.update(market_id, changes)
+            written = (market.id, market.version)
+        queue_index_after_write(*written)
+        return market
 
     def delete_market(self, market_id: str, *, if_match: str | None = None) -> None:
         """Delete a market and its positions.
@@ -124,6 +138,8 @@ class MarketService(Service[Market]):
             market = self.get(market_id)
             _check_if_match(market, if_match)
             self.repository.delete(market_id)
+            # Its vector goes with it (ON DELETE CASCADE): let every process's matrix know.
+            bump_search_revision(self.repository.session)
 
     def list_positions(self, market_id: str, **query: t.Any) -> Page[Position]:
         """One page of a market's positions.
@@ -219,3 +235,43 @@ class AuthService:
         :raises UnauthorizedError: no or a bad token.
         """
         revoke_token(decode_token(get_bearer_token(), expected_type=None))
+
+
+class SearchService:
+    """Semantic search over markets and the jobs that index them."""
+
+    def __init__(self, markets: Repository[Market] | None = None) -> None:
+        self.markets = markets or CachedRepository(MarketRepository())
+
+    def search(self, query: str, *, limit: int = 10) -> list[tuple[Market, float]]:
+        """The markets most similar to ``query``, most similar first, with their cosine score."""
+        index = get_market_index()
+        index.refresh(db.session)
+        vector = current_embedder().embed([query])[0]
+        hits = index.index.search(vector, limit)
+        by_id = {
+            market.id: market for market in self.markets.find_by_ids([market_id for market_id, _ in hits])
+        }
+        # A market deleted since the matrix was loaded is skipped.
+        return [(by_id[market_id], score) for market_id, score in hits if market_id in by_id]
+
+    def queue_index(self, market_id: str) -> JobInfo:
+        """Queue (or find the pending) index job of a market.
+
+        :raises NotFoundError: no such market.
+        :raises ServiceUnavailableError: the job queue does not answer.
+        """
+        market = self.markets.find_by_id(market_id)
+        if market is None:
+            raise NotFoundError("Market not found")
+        return queue_index(market.id, market.version)
+
+    def job(self, job_id: str) -> JobInfo:
+        """The status of a job.
+
+        :raises NotFoundError: no such job (or it expired).
+        """
+        info = jobs.get_job(job_id)
+        if info is None:
+            raise NotFoundError("Job not found")
+        return info

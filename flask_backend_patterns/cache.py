@@ -76,6 +76,7 @@ EXTENSION_KEY = "backend_patterns.cache"
 
 ModelT = t.TypeVar("ModelT")
 R = t.TypeVar("R")
+F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
 #: format marker of every stored value; a value without it is a miss (another release).
 _FORMAT = 1
@@ -225,6 +226,7 @@ class ModelCodec:
         )
         #: changes when the mapped columns change: keys of another schema never meet.
         self.fingerprint = hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:16]
+        self._enums: dict[orm.Mapper[t.Any], dict[str, type[enum.Enum] | None]] = {}
 
     def dump(self, obj: t.Any, relations: t.Sequence[str] = ()) -> dict[str, t.Any]:
         """``obj`` as a dict of its loaded columns and the loaded ``relations``.
@@ -254,6 +256,13 @@ class ModelCodec:
             data["r"] = related
         return data
 
+    def _enum_classes(self, mapper: orm.Mapper[t.Any]) -> dict[str, type[enum.Enum] | None]:
+        """Column key -> its enum class (or None), per mapper, computed once."""
+        found = self._enums.get(mapper)
+        if found is None:
+            found = self._enums[mapper] = {p.key: _enum_class(p) for p in mapper.column_attrs}
+        return found
+
     def load(self, data: t.Mapping[str, t.Any]) -> t.Any:
         """A detached instance from what :meth:`dump` made.
 
@@ -269,9 +278,13 @@ class ModelCodec:
                 raise ValueError(f"{subclass!r} is not a subclass of {mapper.class_.__name__}")
             mapper = matches[0]
         obj = mapper.class_manager.new_instance()
+        enums = self._enum_classes(mapper)
+        # Straight into the instance's dict, as SQLAlchemy's own loading does: no events,
+        # no history (set_committed_value per column cost most of a cached read).
+        values = orm.attributes.instance_dict(obj)
         for key, raw in data["c"].items():
-            if key in mapper.column_attrs:  # a column dropped since the value was stored is left out
-                set_committed_value(obj, key, _decode_value(raw, _enum_class(mapper.column_attrs[key])))
+            if key in enums:  # a column dropped since the value was stored is left out
+                values[key] = _decode_value(raw, enums[key]) if type(raw) in (dict, list) else raw
         for name, raw in data.get("r", {}).items():
             if name not in mapper.relationships:
                 continue
@@ -727,7 +740,7 @@ class RepositoryCacheState:
         encode: t.Callable[[R], bytes],
         decode: t.Callable[[bytes], R],
         fill: t.Callable[[R], dict[str, bytes]] | None,
-    ) -> tuple[R, bytes]:
+    ) -> tuple[R, bytes | None]:
         lock_key = f"{key}:lock"
         token = uuid.uuid4().hex
         acquired = self._call(functools.partial(self.store.acquire, lock_key, token, self.lock_timeout_ms))
@@ -773,9 +786,12 @@ class RepositoryCacheState:
         fill: t.Callable[[R], dict[str, bytes]] | None,
         *,
         store: bool = True,
-    ) -> tuple[R, bytes]:
+    ) -> tuple[R, bytes | None]:
         value = self._load(load)
-        payload = encode(value)
+        try:
+            payload = encode(value)
+        except _NotStored:
+            return value, None  # e.g. an error response: served, never stored
         if store:
             self._set(key, payload, ttl)
             for extra_key, extra_payload in (fill(value) if fill is not None else {}).items():
@@ -960,6 +976,99 @@ def cache_health(app: Flask | None = None) -> CacheHealth:
     :class:`~flask_backend_patterns.errors.ServiceUnavailableError` when it is false.
     """
     return get_state(app).health()
+
+
+#: the response headers a cached response keeps (the rest are made again per request).
+_KEPT_HEADERS = ("Content-Type", "ETag", "Last-Modified", "Cache-Control")
+
+
+def cached_response(*models: type[t.Any], ttl: int | None = None) -> t.Callable[[F], F]:
+    """Cache a read view's 200 responses, invalidated with the namespaces of ``models``.
+
+    For views whose response depends only on their arguments (the view args and the
+    parsed query, e.g. under flask-smorest's ``@blp.arguments``) and on rows of
+    ``models``: the key is made of the endpoint, those arguments, normalised, and the
+    models' namespace versions, which every write through a :class:`CachedRepository`
+    bumps after its commit. So the guarantee is the repository's: after a write's
+    response, no worker serves a response built from the old rows. A hit skips the
+    view, the repository and the serializer: the stored body is sent as it was.
+
+    Only 200 responses are stored (body, ``Content-Type``, ``ETag``, ...); conditional
+    requests (``If-None-Match``) and anything but GET and HEAD go straight to the view,
+    as do all requests when the backend is down. Not for views whose output depends on
+    the caller (``current_user``) or on request headers.
+
+    :raises ValueError: no model given, or ``ttl`` < 1.
+    """
+    if not models:
+        raise ValueError("cached_response needs the models its responses are built from")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1):
+        raise ValueError(f"ttl must be an integer >= 1, got {ttl!r}")
+    namespaces = list(dict.fromkeys(namespace_of(model) for model in models))
+
+    def decorator(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
+            from flask import request
+
+            if request.method not in ("GET", "HEAD") or "If-None-Match" in request.headers:
+                return view(*args, **kwargs)
+            state = get_state()
+            try:
+                # The view's arguments without ``self`` of a MethodView.
+                plain = [a for a in args if isinstance(a, (str, int, float, bool, list, dict, type(None)))]
+                query = _canonical({"endpoint": request.endpoint, "args": plain, "kwargs": kwargs})
+            except TypeError:
+                return view(*args, **kwargs)
+            versions = state._versions(namespaces)
+            if versions is None:
+                return view(*args, **kwargs)
+            key = state._key(namespaces, versions, "response", query, "")
+            return state._read_through(
+                key,
+                ttl if ttl is not None else state.ttl,
+                lambda: _Uncacheable.wrap(view(*args, **kwargs)),
+                _encode_response,
+                _decode_response,
+            ).response
+
+        return t.cast(F, wrapper)
+
+    return decorator
+
+
+@dataclass
+class _Uncacheable:
+    """A view's response, and whether it may be stored."""
+
+    response: t.Any
+    storable: bool
+
+    @classmethod
+    def wrap(cls, response: t.Any) -> _Uncacheable:
+        from flask import Response
+
+        storable = isinstance(response, Response) and response.status_code == 200 and not response.is_streamed
+        return cls(response, storable)
+
+
+class _NotStored(Exception):
+    """Raised by the encoder of a response that must not be stored."""
+
+
+def _encode_response(value: _Uncacheable) -> bytes:
+    if not value.storable:
+        raise _NotStored
+    response = value.response
+    headers = {name: response.headers[name] for name in _KEPT_HEADERS if name in response.headers}
+    return _wrap({"s": response.status_code, "h": headers, "b": response.get_data(as_text=True)})
+
+
+def _decode_response(payload: bytes) -> _Uncacheable:
+    from flask import Response
+
+    data = _unwrap(payload)
+    return _Uncacheable(Response(data["b"], status=data["s"], headers=data["h"]), True)
 
 
 # -- commits ---------------------------------------------------------------------------------

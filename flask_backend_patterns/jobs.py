@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ import pkgutil
 import re
 import threading
 import traceback
+import types
 import typing as t
 import uuid
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from flask.cli import AppGroup
 from rq import get_current_job
 from rq import Queue
 from rq import Retry
+from rq import SimpleWorker
 from rq import Worker
 from rq.exceptions import InvalidJobOperation
 from rq.exceptions import NoSuchJobError
@@ -372,7 +375,7 @@ class JobQueue:
         }
         try:
             if job_id is None:
-                return job_info(rq_queue.enqueue_call(run_job, **options))
+                return job_info(_enqueue(rq_queue, options))
             return _enqueue_once(rq_queue, job_id, options)
         except _REDIS_DOWN as exc:
             raise _queue_unavailable(exc) from exc
@@ -469,8 +472,9 @@ class JobQueue:
     ) -> BaseWorker:
         """An RQ worker for the current app's queues (all of ``BACKEND_JOBS_QUEUES`` by default).
 
-        ``worker_class`` is ``rq.Worker`` (a forked work horse per job; needed for
-        timeouts), or ``rq.SimpleWorker`` (jobs in this process). ``options`` go to its
+        ``worker_class`` is ``rq.Worker`` (a forked work horse per job), or
+        ``rq.SimpleWorker`` (jobs in this process: faster, no isolation; its timeouts need
+        ``work()`` to run in the main thread). ``options`` go to its
         constructor (``name``, ``worker_ttl``, ...). Call ``work(burst=...)`` on it inside
         an app context, as ``flask jobs worker`` does.
 
@@ -647,6 +651,15 @@ def _run_inline(state: JobQueueState, call: _InlineCall) -> JobInfo:
 # -- redis mode -----------------------------------------------------------------------
 
 
+def _enqueue(rq_queue: Queue, options: dict[str, t.Any]) -> Job:
+    # One MULTI/EXEC for the job, its place in the queue and the queue's entry in RQ's set
+    # of queues: a plain Queue.enqueue_call spends a round trip of its own on that set.
+    with rq_queue.connection.pipeline() as pipe:
+        job = rq_queue.enqueue_call(run_job, pipeline=pipe, **options)
+        pipe.execute()
+    return job
+
+
 def _enqueue_once(rq_queue: Queue, job_id: str, options: dict[str, t.Any]) -> JobInfo:
     connection = rq_queue.connection
     # The lock makes "look for a pending job, else queue one" atomic across processes.
@@ -662,7 +675,7 @@ def _enqueue_once(rq_queue: Queue, job_id: str, options: dict[str, t.Any]) -> Jo
             if JobStatus(existing.get_status(refresh=False)).value in PENDING_STATUSES:
                 return job_info(existing)
             existing.delete()
-        return job_info(rq_queue.enqueue_call(run_job, **options))
+        return job_info(_enqueue(rq_queue, options))
     finally:
         try:
             lock.release()
@@ -713,6 +726,20 @@ def function_path(func: t.Callable[..., t.Any] | str) -> str:
     :raises TypeError: ``func`` is a lambda, a nested function, a method, defined in
         ``__main__``, or otherwise not reachable by its module and name.
     """
+    if isinstance(func, (str, types.FunctionType, types.BuiltinFunctionType)):
+        return _known_function_path(func)
+    return _function_path(func)
+
+
+# An app queues the same few functions over and over: checking one import path once per
+# function, not once per job, takes an import look-up off every enqueue. Failures are not
+# cached (lru_cache keeps no exceptions), so a fixed import is seen at the next call.
+@functools.lru_cache(maxsize=1024)
+def _known_function_path(func: t.Callable[..., t.Any] | str) -> str:
+    return _function_path(func)
+
+
+def _function_path(func: t.Callable[..., t.Any] | str) -> str:
     if isinstance(func, str):
         try:
             found = pkgutil.resolve_name(func)
@@ -853,13 +880,28 @@ def _queue_option(values: tuple[str, ...]) -> list[str]:
 )
 @click.option("--name", default=None, help="Worker name (unique among live workers). Default: random.")
 @click.option("--max-jobs", type=click.IntRange(min=1), default=None, help="Quit after this many jobs.")
+@click.option(
+    "--fork/--no-fork",
+    default=True,
+    show_default=True,
+    help="Run each job in a forked work horse (rq.Worker), or in the worker process itself "
+    "(rq.SimpleWorker): several times the jobs/s for short jobs, but a job that crashes or leaks takes "
+    "the worker with it.",
+)
 def worker_command(
-    burst: bool, queue_values: tuple[str, ...], with_scheduler: bool, name: str | None, max_jobs: int | None
+    burst: bool,
+    queue_values: tuple[str, ...],
+    with_scheduler: bool,
+    name: str | None,
+    max_jobs: int | None,
+    fork: bool,
 ) -> None:
     """Run an RQ worker for this app: each job in a forked work horse, inside an app context.
 
-    SIGTERM or Ctrl+C stops it warmly: the current job finishes first. A second one
-    kills the job, which is failed as abandoned once its heartbeat expires.
+    With --no-fork each job runs in the worker process instead (still in its own app
+    context, still stopped at its timeout). SIGTERM or Ctrl+C stops the worker warmly:
+    the current job finishes first. A second one kills the job, which is failed as
+    abandoned once its heartbeat expires (with --no-fork: failed at once, as SystemExit).
     """
     state = get_state()
     if state.inline:
@@ -868,7 +910,9 @@ def worker_command(
         )
     try:
         # JobQueue's methods act on the current app: a fresh object is as good as the app's.
-        rq_worker = JobQueue().worker(_queue_option(queue_values) or None, name=name)
+        rq_worker = JobQueue().worker(
+            _queue_option(queue_values) or None, worker_class=Worker if fork else SimpleWorker, name=name
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     # rq's work() installs the warm-shutdown SIGTERM/SIGINT handlers itself; nothing here replaces them.

@@ -18,6 +18,7 @@ from example_app import create_app
 from example_app.config import _database_url
 from example_app.extensions import db as _db
 from example_app.models import MarketStatusCount
+from example_app.models import SearchRevision
 from flask_backend_patterns.cache import get_state as get_cache_state
 from flask_backend_patterns.cache import namespace_of
 
@@ -74,9 +75,20 @@ def make_app(database_uri: str, **overrides: t.Any) -> t.Any:
         "BACKEND_LOGGING_CONFIGURE": False,
         # Tests send many requests from one address; the rate-limit tests turn it on.
         "RATELIMIT_ENABLED": False,
+        # Index jobs run in the request unless a test asks for a queue and a worker.
+        "BACKEND_JOBS_INLINE": True,
         **overrides,
     }
-    return create_app(config)
+    app = create_app(config)
+
+    @app.teardown_request
+    def _end_the_request_transaction(_exc: BaseException | None) -> None:
+        # In production each request has its own app context, so its own session. A test
+        # keeps one app context around its requests, and so one session: end the
+        # request's transaction as the app context's teardown would, keeping the objects.
+        _db.session.rollback()
+
+    return app
 
 
 @pytest.fixture(scope="session")
@@ -107,6 +119,7 @@ def app(database_uri: str, _schema: None) -> t.Iterator[t.Any]:
             # Deleting markets moved the trigger-kept counters (maybe after they were
             # emptied): clear them last so the next test starts from zero.
             conn.execute(MarketStatusCount.__table__.delete())
+            conn.execute(sa.insert(SearchRevision.__table__).values(id=1, revision=0))
         _db.engine.dispose()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask_backend_patterns.api import Api
 
 from . import auth
+from . import jobs
 from . import markets
 from . import ops
 
@@ -14,3 +15,4 @@ def register_blueprints(api: Api) -> None:
     api.register_blueprint(ops.blp)
     api.register_blueprint(auth.blp)
     api.register_blueprint(markets.blp)
+    api.register_blueprint(jobs.blp)

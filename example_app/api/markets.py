@@ -16,17 +16,24 @@ from flask_backend_patterns.api import etag_matches
 from flask_backend_patterns.api import page_meta
 from flask_backend_patterns.auth import current_user
 from flask_backend_patterns.auth import require_permission
+from flask_backend_patterns.cache import cached_response
 from flask_backend_patterns.repository import Page
 
+from ..models import Market
+from ..models import User
+from ..schemas import JobSchema
 from ..schemas import MarketCreateSchema
 from ..schemas import MarketGetQuerySchema
 from ..schemas import MarketListQuerySchema
 from ..schemas import MarketPatchSchema
 from ..schemas import MarketReplaceSchema
 from ..schemas import MarketSchema
+from ..schemas import MarketSearchResultSchema
 from ..schemas import PositionListQuerySchema
 from ..schemas import PositionSchema
+from ..schemas import SearchQuerySchema
 from ..services import MarketService
+from ..services import SearchService
 
 blp = Blueprint("markets", __name__, url_prefix="/api/markets", description="Prediction markets")
 
@@ -52,6 +59,7 @@ def _projection(args: dict[str, t.Any]) -> tuple[tuple[str, ...] | None, tuple[s
 class Markets(MethodView):
     @blp.arguments(MarketListQuerySchema, location="query")
     @blp.response(200, MarketSchema(many=True))
+    @cached_response(Market, User)
     def get(self, args: dict[str, t.Any]) -> Response:
         """List markets: filter, sort, paginate (offset or cursor), project, embed."""
         fields, include = _projection(args)
@@ -99,6 +107,34 @@ def _if_match() -> str | None:
 _ETAG_HEADER = {"ETag": {"description": "Version of the market", "schema": {"type": "string"}}}
 
 
+@blp.route("/search")
+class MarketSearch(MethodView):
+    @blp.arguments(SearchQuerySchema, location="query")
+    @blp.response(200, MarketSearchResultSchema(many=True))
+    def get(self, args: dict[str, t.Any]) -> Response:
+        """Semantic search: the markets closest in meaning to ``q``, most similar first."""
+        hits = SearchService().search(args["q"], limit=args["limit"])
+        data = [{**_FULL_SCHEMA.dump(market), "score": round(score, 6)} for market, score in hits]
+        return envelope(data, meta={"total": len(data), "limit": args["limit"]})
+
+
+@blp.route("/<market_id>/index")
+class MarketIndexJob(MethodView):
+    @require_permission("write")
+    @blp.response(
+        202,
+        JobSchema,
+        headers={"Location": {"description": "URL of the job's status", "schema": {"type": "string"}}},
+    )
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(503, response="SERVICE_UNAVAILABLE")
+    def post(self, market_id: str) -> Response:
+        """Queue a background (re)index of the market; 202 with the job's URL."""
+        info = SearchService().queue_index(market_id)
+        location = url_for("jobs.JobById", job_id=info.id)
+        return envelope(info.as_dict(), status=202, headers={"Location": location})
+
+
 @blp.route("/<market_id>")
 class MarketById(MethodView):
     @blp.arguments(MarketGetQuerySchema, location="query")
@@ -109,6 +145,7 @@ class MarketById(MethodView):
     )
     @blp.alt_response(304, description="Not modified (If-None-Match matched)")
     @blp.alt_response(404, response="NOT_FOUND")
+    @cached_response(Market, User)
     def get(self, args: dict[str, t.Any], market_id: str) -> Response:
         """One market, with its ETag; If-None-Match answers 304."""
         fields, include = _projection(args)

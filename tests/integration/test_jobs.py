@@ -329,6 +329,13 @@ def test_job_data_in_redis_is_json_naming_the_function_by_path(app, redis_db):
     assert json.loads(redis_db.hget(job.key, "meta"))["func"] == "tests.jobs_support:add"
 
 
+def test_enqueue_registers_its_queue_where_rq_tools_look_for_queues(app, redis_db):
+    with app.app_context():
+        job_id = jobs.enqueue(jobs_support.add, 1, 2).id
+        assert jobs_module.get_state().queue().get_job_ids() == [job_id]
+    assert redis_db.smembers("rq:queues") == {b"rq:queue:default"}
+
+
 @pytest.mark.parametrize(
     "func",
     [
@@ -530,11 +537,34 @@ def test_flask_jobs_worker_burst_runs_the_named_queues_with_the_request_id(redis
     assert {line["request_id"] for line in job_lines} == {"req-sub-1"}
 
 
-def test_job_past_its_timeout_fails_cleanly_and_the_worker_goes_on(app):
+@pytest.mark.parametrize(
+    ("options", "in_worker_process"),
+    [pytest.param([], False, id="fork"), pytest.param(["--no-fork"], True, id="no-fork")],
+)
+def test_flask_jobs_worker_forks_a_work_horse_per_job_unless_told_not_to(app, options, in_worker_process):
+    with app.app_context():
+        job_id = jobs.enqueue(os.getpid).id
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "flask", "jobs", "worker", "--burst", *options],
+        cwd=ROOT,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, stderr = worker.communicate(timeout=60)
+    assert worker.returncode == 0, stderr
+    done = info(app, job_id)
+    assert done.status == "finished", done.exc_info
+    assert (done.result == worker.pid) is in_worker_process
+
+
+@pytest.mark.parametrize("options", [pytest.param([], id="fork"), pytest.param(["--no-fork"], id="no-fork")])
+def test_job_past_its_timeout_fails_cleanly_and_the_worker_goes_on(app, options):
     with app.app_context():
         slow = jobs.enqueue(jobs_support.sleep_for, 30, timeout=1).id
         after = jobs.enqueue(jobs_support.add, 2, 2).id
-    run = flask_jobs("worker", "--burst")
+    run = flask_jobs("worker", "--burst", *options)
     assert run.returncode == 0, run.stderr
     failed = info(app, slow)
     assert failed.status == "failed"
@@ -569,10 +599,11 @@ def test_worker_killed_mid_job_leaves_the_job_to_be_failed_not_lost(app, tmp_pat
         assert jobs.requeue(job_id).status == "queued"
 
 
-def test_sigterm_stops_the_worker_after_the_current_job_finishes(app, tmp_path, redis_db):
+@pytest.mark.parametrize("options", [pytest.param([], id="fork"), pytest.param(["--no-fork"], id="no-fork")])
+def test_sigterm_stops_the_worker_after_the_current_job_finishes(app, tmp_path, redis_db, options):
     with app.app_context():
         job_id = jobs.enqueue(jobs_support.wait_for_release, str(tmp_path), timeout=60).id
-    with flask_worker("--name", "warm-shutdown-test", release=tmp_path / "release") as worker:
+    with flask_worker("--name", "warm-shutdown-test", *options, release=tmp_path / "release") as worker:
         wait_until(
             lambda: (tmp_path / "pid").exists() and info(app, job_id).status == "started", "the job to start"
         )
@@ -586,6 +617,31 @@ def test_sigterm_stops_the_worker_after_the_current_job_finishes(app, tmp_path, 
         returncode = worker.wait(timeout=WAIT_LIMIT)
     assert returncode == 0
     assert (info(app, job_id).status, info(app, job_id).result) == ("finished", "released")
+
+
+def test_cold_shutdown_of_a_non_forking_worker_fails_the_job_it_was_running(app, tmp_path, redis_db):
+    with app.app_context():
+        job_id = jobs.enqueue(jobs_support.wait_for_release, str(tmp_path), timeout=60).id
+    with flask_worker("--name", "cold-shutdown-test", "--no-fork", release=tmp_path / "release") as worker:
+        wait_until(
+            lambda: (tmp_path / "pid").exists() and info(app, job_id).status == "started", "the job to start"
+        )
+        worker.send_signal(signal.SIGTERM)
+        wait_until(
+            lambda: redis_db.hexists("rq:worker:cold-shutdown-test", "shutdown_requested_date"),
+            "the worker to take the SIGTERM",
+        )
+        first = dt.datetime.fromisoformat(
+            redis_db.hget("rq:worker:cold-shutdown-test", "shutdown_requested_date").decode().rstrip("Z")
+        ).replace(tzinfo=dt.UTC)
+        # RQ ignores a second signal that comes within 1 s of the first.
+        ignored_until = first + dt.timedelta(seconds=1.2)
+        wait_until(
+            lambda: dt.datetime.now(dt.UTC) > ignored_until, "RQ's window for a duplicate signal to pass"
+        )
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=WAIT_LIMIT)
+    assert (info(app, job_id).status, info(app, job_id).error) == ("failed", "SystemExit")
 
 
 def test_plain_rq_worker_runs_our_jobs_in_the_factory_app(app):

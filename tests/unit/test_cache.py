@@ -1031,3 +1031,94 @@ def test_stats_are_per_app_and_logged_at_debug(make_app: t.Any, caplog: pytest.L
     lines = [r for r in caplog.records if r.levelno == logging.DEBUG and r.message.startswith("cache hit")]
     assert len(lines) == 1
     assert lines[0].cache_stats["hits"] == 1  # type: ignore[attr-defined]
+
+
+# -- cached responses ------------------------------------------------------------------------
+
+
+def add_widget_views(app: Flask, calls: list[str]) -> None:
+    from flask import jsonify
+    from flask import request
+    from flask.views import MethodView
+
+    from flask_backend_patterns.cache import cached_response
+
+    @app.get("/widgets/<int:wid>")
+    @cached_response(Widget, Owner)
+    def one(wid: int) -> t.Any:
+        calls.append(f"one {wid}")
+        found = widgets().find_by_id(wid)
+        if found is None:
+            return jsonify(error="missing"), 404
+        response = jsonify(name=found.name, q=request.args.get("q"))
+        response.headers["ETag"] = f'"{wid}"'
+        return response
+
+    class Listing(MethodView):
+        @cached_response(Widget)
+        def get(self, args: dict[str, t.Any]) -> t.Any:
+            calls.append("list")
+            return jsonify(names=[w.name for w in widgets().find_all(**args)])
+
+    listing = Listing.as_view("listing")
+    app.add_url_rule("/widgets", view_func=lambda: listing(args={"sort": request.args.get("sort", "id")}))
+
+
+def test_cached_response_skips_the_view_until_a_write(make_app: t.Any, shared_kind: str) -> None:
+    calls: list[str] = []
+    first, second = make_app(shared_kind), make_app(shared_kind)
+    for app in (first, second):
+        add_widget_views(app, calls)
+    with first.app_context():
+        (wid,) = add_widgets("before")
+    a, b = first.test_client(), second.test_client()
+    assert a.get(f"/widgets/{wid}").get_json()["name"] == "before"
+    response = b.get(f"/widgets/{wid}")  # another worker: served from the shared cache
+    assert response.get_json()["name"] == "before" and response.headers["ETag"] == f'"{wid}"'
+    assert a.get("/widgets").get_json() == {"names": ["before"]}
+    assert b.get("/widgets").get_json() == {"names": ["before"]}
+    assert calls == [f"one {wid}", "list"]
+    with first.app_context(), transaction():
+        widgets().update(wid, {"name": "after"})
+    # Acknowledged: neither worker serves the old response.
+    assert b.get(f"/widgets/{wid}").get_json()["name"] == "after"
+    assert b.get("/widgets").get_json() == {"names": ["after"]}
+    assert calls[-2:] == [f"one {wid}", "list"]
+
+
+def test_cached_response_keys_on_the_arguments_and_never_stores_errors(make_app: t.Any) -> None:
+    calls: list[str] = []
+    app = make_app("fakeredis")
+    add_widget_views(app, calls)
+    with app.app_context():
+        (wid,) = add_widgets("w")
+    client = app.test_client()
+    for _ in range(2):
+        assert client.get("/widgets/999").status_code == 404
+    assert calls == ["one 999", "one 999"]
+    client.get(f"/widgets/{wid}")
+    client.get(f"/widgets/{wid}")
+    assert calls.count(f"one {wid}") == 1
+    # A conditional request goes to the view, which answers it.
+    client.get(f"/widgets/{wid}", headers={"If-None-Match": '"1"'})
+    assert calls.count(f"one {wid}") == 2
+
+
+def test_cached_response_reads_through_when_the_backend_is_down(make_app: t.Any) -> None:
+    calls: list[str] = []
+    app = make_app("down")
+    add_widget_views(app, calls)
+    with app.app_context():
+        (wid,) = add_widgets("w")
+    client = app.test_client()
+    assert [client.get(f"/widgets/{wid}").status_code for _ in range(2)] == [200, 200]
+    assert calls == [f"one {wid}", f"one {wid}"]
+
+
+def test_cached_response_needs_models() -> None:
+    from flask_backend_patterns.cache import cached_response
+
+    with pytest.raises(ValueError, match="models"):
+        cached_response()
+    with pytest.raises(ValueError, match="ttl"):
+        cached_response(Widget, ttl=0)
