@@ -4,6 +4,7 @@
   rows vs bare Flask ``/ping``, both under the same gunicorn settings.
 - ``pages``: server-side time of one page at depth 0, 10k and 90k, by offset and by
   keyset cursor (the repository call, in process).
+- ``cache``: cached vs uncached ``GET /api/markets`` (the list above) and one market.
 - ``stack``: a trivial endpoint behind the full middleware stack (request id, access log,
   errors, HS256 bearer verification with its revocation lookup, a Redis rate limit), the
   same without auth, and bare Flask ``/ping``.
@@ -13,7 +14,7 @@
 
 Needs PostgreSQL (``--database-url``, default the local ``bench`` database, made if
 missing), Redis (``--redis-url``) and ``wrk``.
-Usage: ``python bench/run.py [--only list,pages,stack,jobs,search] [--rounds 5] [--duration 5]``.
+Usage: ``python bench/run.py [--only list,pages,cache,stack,jobs,search] [--rounds 5] [--duration 5]``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import time
 
 from bench import stack
+from bench.cache import bench_cache
 from bench.common import compare
 from bench.common import DEFAULT_DATABASE_URL
 from bench.common import DEFAULT_REDIS_URL
@@ -40,11 +42,13 @@ from bench.jobs import bench_jobs
 from bench.search import bench_search
 
 LIST_PATH = "/api/markets?status=active&sort=-volume&limit=20"
-BENCHES = ("list", "pages", "stack", "jobs", "search")
+BENCHES = ("list", "pages", "cache", "stack", "jobs", "search")
 
 
 def bench_list(args: argparse.Namespace) -> None:
-    env = env_for(args.database_url)
+    # No Redis: a configured database reads through (no cache); the rate limit is counted
+    # in memory and never reached.
+    env = {**env_for(args.database_url), "FLASK_RATELIMIT_DEFAULT": "100000000 per minute"}
     with (
         Server("example_app:create_app()", env, args.workers, "/healthz") as ours,
         Server("bench.bare_app:create_app()", env, args.workers, "/ping") as bare,
@@ -173,12 +177,13 @@ def main() -> None:
     unknown = set(chosen) - set(BENCHES)
     if unknown:
         parser.error(f"unknown benchmarks: {sorted(unknown)}")
-    if {"list", "pages"} & set(chosen):
+    if {"list", "pages", "cache"} & set(chosen):
         ensure_database(args.database_url)
         seed(args.database_url)
     runners = {
         "list": bench_list,
         "pages": bench_pages,
+        "cache": bench_cache,
         "stack": stack.bench_stack,
         "jobs": bench_jobs,
         "search": bench_search,

@@ -24,6 +24,7 @@ from .extensions import jobs
 from .extensions import limiter
 from .extensions import migrate
 from .extensions import patterns
+from .search import get_embedder
 
 MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
 
@@ -33,6 +34,8 @@ def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the envelope's order
     load_config(app, config)
+    # A wrong embedder name, or "sentence" without its extra, fails here, not at a search.
+    get_embedder(app.config["EXAMPLE_SEARCH_EMBEDDER"])
     patterns.init_app(app)
     db.init_app(app)
     auth.init_app(app)

@@ -12,7 +12,11 @@ from flask import Flask
 from flask.cli import AppGroup
 from werkzeug.security import generate_password_hash
 
+from flask_backend_patterns.cache import get_state as get_cache_state
+from flask_backend_patterns.cache import namespace_of
+
 from .extensions import db
+from .indexing import reindex_all
 from .models import Market
 from .models import MARKET_STATUSES
 from .models import new_id
@@ -86,7 +90,12 @@ def seed_command(n_markets: int, n_users: int, batch_size: int, rng_seed: int | 
     if db.engine.dialect.name == "postgresql":
         with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(sa.text("ANALYZE users, markets"))
+    # Bulk inserts go around the cached repositories: drop what the cache holds of them.
+    cache_state = get_cache_state()
+    for model in (User, Market):
+        cache_state.invalidate(namespace_of(model))
     click.echo(f"Seeded {n_users} users and {n_markets} markets.")
+    click.echo("Run `flask search reindex` to make them searchable.")
 
 
 auth_cli = AppGroup("auth", help="Users and tokens.")
@@ -125,7 +134,21 @@ def token_command(email: str, expires_in: int | None) -> None:
     click.echo(service.tokens_for(user, expires_in=expires_in)["access_token"])
 
 
+search_cli = AppGroup("search", help="The semantic search index.")
+
+
+@search_cli.command("reindex")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
+def reindex_command(batch_size: int) -> None:
+    """Embed every market again (after `flask seed`, SQL imports or a change of embedder)."""
+    total = db.session.scalar(sa.select(sa.func.count()).select_from(Market)) or 0
+    with click.progressbar(length=total, label="Indexing markets") as bar:
+        done = reindex_all(batch_size=batch_size, progress=bar.update)
+    click.echo(f"Indexed {done} markets.")
+
+
 def register_cli(app: Flask) -> None:
     """Add the example app's commands to ``flask``."""
     app.cli.add_command(seed_command)
     app.cli.add_command(auth_cli)
+    app.cli.add_command(search_cli)

@@ -74,6 +74,48 @@ def index_market(market_id: str) -> dict[str, t.Any]:
     return {"market_id": market_id, "indexed": True, "revision": revision, "embedder": embedder.name}
 
 
+def reindex_all(*, batch_size: int = 1000, progress: t.Callable[[int], None] | None = None) -> int:
+    """Embed every market again and store the vectors, in batches; returns how many.
+
+    For markets written without the API (``flask seed``, SQL), and after a change of
+    embedder. Each batch is one transaction with one revision bump.
+    """
+    embedder = current_embedder()
+    done = 0
+    last_id = ""
+    while True:
+        rows = db.session.execute(
+            sa.select(Market.id, Market.name, Market.description, Market.version)
+            .where(Market.id > last_id)
+            .order_by(Market.id)
+            .limit(batch_size)
+        ).all()
+        if not rows:
+            return done
+        vectors = embedder.embed([market_text(r.name, r.description) for r in rows])
+        with transaction(db.session):
+            revision = bump_search_revision(db.session)
+            ids = [r.id for r in rows]
+            db.session.execute(sa.delete(MarketEmbedding).where(MarketEmbedding.market_id.in_(ids)))
+            db.session.execute(
+                sa.insert(MarketEmbedding),
+                [
+                    {
+                        "market_id": r.id,
+                        "embedder": embedder.name,
+                        "vector": vector_to_bytes(vector),
+                        "market_version": r.version,
+                        "revision": revision,
+                    }
+                    for r, vector in zip(rows, vectors, strict=True)
+                ],
+            )
+        done += len(rows)
+        last_id = rows[-1].id
+        if progress is not None:
+            progress(len(rows))
+
+
 def bump_search_revision(session: sa.orm.Session) -> int:
     """Take the next search revision, in the caller's transaction.
 

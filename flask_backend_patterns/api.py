@@ -132,6 +132,13 @@ def envelope(
     return json_response(_success_payload(data, meta), status, headers)
 
 
+def empty_response(status: int = 204, headers: t.Mapping[str, str] | None = None) -> Response:
+    """A response with no body (204, 304), without the ``Content-Type`` werkzeug would add."""
+    response = Response(status=status, headers=headers)
+    del response.headers["Content-Type"]
+    return response
+
+
 class Blueprint(flask_smorest.Blueprint):  # type: ignore[misc]
     """A flask-smorest ``Blueprint`` whose responses use the success envelope and whose
     argument validation errors are documented (and sent) as 400, not webargs' 422."""

@@ -8,6 +8,7 @@ from flask import Response
 from flask.views import MethodView
 
 from flask_backend_patterns.api import Blueprint
+from flask_backend_patterns.api import empty_response
 from flask_backend_patterns.api import envelope
 from flask_backend_patterns.auth import current_user
 from flask_backend_patterns.auth import require_auth
@@ -54,7 +55,7 @@ class Logout(MethodView):
     def post(self) -> Response:
         """Revoke the bearer token sent (access or refresh) until it would expire."""
         AuthService().logout()
-        return Response(status=204)
+        return empty_response()
 
 
 @blp.route("/me")

@@ -11,6 +11,7 @@ from flask import url_for
 from flask.views import MethodView
 
 from flask_backend_patterns.api import Blueprint
+from flask_backend_patterns.api import empty_response
 from flask_backend_patterns.api import envelope
 from flask_backend_patterns.api import etag_matches
 from flask_backend_patterns.api import page_meta
@@ -153,7 +154,7 @@ class MarketById(MethodView):
         # A projection may leave out the version the ETag is made of: no ETag then.
         etag = market.etag if fields is None else None
         if etag is not None and etag_matches(request.headers.get("If-None-Match"), etag, weak=True):
-            return Response(status=304, headers={"ETag": etag})
+            return empty_response(304, {"ETag": etag})
         return envelope(market_schema(fields, include).dump(market), headers={"ETag": etag} if etag else None)
 
     @require_permission("write")
@@ -185,7 +186,7 @@ class MarketById(MethodView):
     def delete(self, market_id: str) -> Response:
         """Delete a market and its positions (permission ``delete``)."""
         MarketService().delete_market(market_id, if_match=_if_match())
-        return Response(status=204)
+        return empty_response()
 
 
 @blp.route("/<market_id>/positions")

@@ -274,7 +274,8 @@ def test_etag_and_if_match(client, market, owner, auth_header):
         412,
         "precondition_failed",
     )
-    assert client.delete(f"/api/markets/{market.id}", headers=moderator).status_code == 204
+    deleted = client.delete(f"/api/markets/{market.id}", headers=moderator)
+    assert deleted.status_code == 204 and deleted.data == b"" and "Content-Type" not in deleted.headers
     error(client.get(f"/api/markets/{market.id}"), 404, "not_found")
 
 

@@ -134,7 +134,9 @@ def test_get_one_with_etag_and_304(client, markets):
     body = ok(response)
     assert body["data"]["id"] == markets[0].id and body["data"]["name"] == markets[0].name
     etag = response.headers["ETag"]
-    assert client.get(f"/api/markets/{markets[0].id}", headers={"If-None-Match": etag}).status_code == 304
+    not_modified = client.get(f"/api/markets/{markets[0].id}", headers={"If-None-Match": etag})
+    assert not_modified.status_code == 304 and not_modified.data == b""
+    assert not_modified.headers["ETag"] == etag and "Content-Type" not in not_modified.headers
 
 
 def test_get_one_projection_and_include(client, markets):
