@@ -14,6 +14,7 @@ errors part. Tokens, secrets and keys are never logged and never echoed.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import functools
 import hmac
@@ -23,6 +24,7 @@ import math
 import os
 import secrets
 import tempfile
+import threading
 import time
 import typing as t
 import uuid
@@ -336,6 +338,33 @@ class AuthState:
     roles: dict[str, frozenset[str]]
     revocation_store: RevocationStore
     user_loader: t.Callable[[Identity], t.Any] | None = None
+    #: tokens whose signature and static claims were verified: a client sends the same
+    #: token with every request, and PyJWT's decode is most of the cost of a check.
+    verified: _VerifiedTokens = field(default_factory=lambda: _VerifiedTokens(1024), repr=False)
+
+
+class _VerifiedTokens:
+    """A bounded, thread-safe LRU of token -> claims whose signature, ``aud`` and ``iss``
+    passed. Time-bound claims (``exp``, ``nbf``) and revocation are checked on every use."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: collections.OrderedDict[str, dict[str, t.Any]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, token: str) -> dict[str, t.Any] | None:
+        with self._lock:
+            claims = self._items.get(token)
+            if claims is not None:
+                self._items.move_to_end(token)
+            return claims
+
+    def put(self, token: str, claims: dict[str, t.Any]) -> None:
+        with self._lock:
+            self._items[token] = claims
+            self._items.move_to_end(token)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
 
 
 class Auth:
@@ -910,19 +939,31 @@ def decode_token(token: str, *, expected_type: TokenType | None = "access") -> d
     state = get_state()
     if not isinstance(token, str) or not token:
         raise UnauthorizedError("Malformed token")
-    key = _key_for(token, state)
-    try:
-        claims: dict[str, t.Any] = jwt.decode(
-            token,
-            key.key,
-            algorithms=list(key.algorithms),
-            audience=state.decode_audience,
-            issuer=state.decode_issuer,
-            leeway=state.leeway,
-            options={"require": list(REQUIRED_CLAIMS)},
-        )
-    except jwt.PyJWTError as exc:
-        raise UnauthorizedError(_failure_message(exc)) from exc
+    claims = state.verified.get(token)
+    if claims is None:
+        key = _key_for(token, state)
+        try:
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=list(key.algorithms),
+                audience=state.decode_audience,
+                issuer=state.decode_issuer,
+                leeway=state.leeway,
+                options={"require": list(REQUIRED_CLAIMS)},
+            )
+        except jwt.PyJWTError as exc:
+            raise UnauthorizedError(_failure_message(exc)) from exc
+        state.verified.put(token, claims)
+    else:
+        # Verified before: only what time changes is checked again, as PyJWT checks it.
+        now = time.time()
+        if claims["exp"] <= now - state.leeway:
+            raise UnauthorizedError(_failure_message(jwt.ExpiredSignatureError()))
+        for not_before in ("nbf", "iat"):
+            if not_before in claims and claims[not_before] > now + state.leeway:
+                raise UnauthorizedError(_failure_message(jwt.ImmatureSignatureError()))
+    claims = dict(claims)  # the caller's own copy: the cached one stays as verified
     token_type = claims["type"]
     if token_type not in TOKEN_TYPES:
         raise UnauthorizedError("Token type is not accepted")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime as dt
+import functools
 import json
 import logging
 import re
@@ -108,16 +109,34 @@ def set_log_context(**fields: t.Any) -> None:
 def redact(value: t.Any, keys: t.Sequence[str] = DEFAULT_REDACT_KEYS) -> t.Any:
     """Return ``value`` with secrets masked: values under secret-looking keys, bearer
     credentials and JWTs inside strings."""
+    kind = type(value)
+    if kind is dict:
+        keys = tuple(keys)
+        return {k: REDACTED if _is_secret_key(str(k), keys) else redact(v, keys) for k, v in value.items()}
+    if kind is str:
+        if "eyJ" in value or _MAY_HOLD_CREDENTIAL.search(value):
+            return _JWT_RE.sub(REDACTED, _BEARER_RE.sub(r"\1 " + REDACTED, value))
+        return value
+    if kind in _PLAIN_TYPES or value is None:
+        return value
     if isinstance(value, dict):
-        return {
-            k: REDACTED if any(s in str(k).lower() for s in keys) else redact(v, keys)
-            for k, v in value.items()
-        }
+        return redact(dict(value), keys)
     if isinstance(value, (list, tuple)):
         return [redact(v, keys) for v in value]
-    if isinstance(value, str) and ("eyJ" in value or _MAY_HOLD_CREDENTIAL.search(value)):
-        return _JWT_RE.sub(REDACTED, _BEARER_RE.sub(r"\1 " + REDACTED, value))
+    if isinstance(value, str):
+        return redact(str(value), keys)
     return value
+
+
+#: values that never hold a secret: returned as they are, without a look.
+_PLAIN_TYPES = frozenset({int, float, bool})
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_secret_key(key: str, secret_keys: tuple[str, ...]) -> bool:
+    # Log lines reuse a handful of key names: decided once per name, not per line.
+    lowered = key.lower()
+    return any(s in lowered for s in secret_keys)
 
 
 class JsonFormatter(logging.Formatter):

@@ -356,6 +356,35 @@ def test_revoked_token_is_a_401_and_other_tokens_still_work(strict_app):
     assert call(strict_app, "/me", other).status_code == 200
 
 
+def test_a_verified_token_is_checked_again_for_time_and_revocation(strict_app, monkeypatch):
+    import flask_backend_patterns.auth as auth_module
+
+    token = issue(strict_app, expires_in=60)
+    assert call(strict_app, "/me", token).status_code == 200  # verified, remembered
+    with strict_app.app_context():
+        assert token in auth_module.get_state().verified._items
+    real_time = time.time
+    monkeypatch.setattr(auth_module.time, "time", lambda: real_time() + 61)
+    expired = call(strict_app, "/me", token)
+    assert_unauthorized(expired)
+    assert "expired" in expired.get_json()["error"]
+    monkeypatch.setattr(auth_module.time, "time", real_time)
+    assert call(strict_app, "/me", token).status_code == 200
+    assert call(strict_app, "/logout", token, method="POST").status_code == 200
+    assert_unauthorized(call(strict_app, "/me", token), "Token has been revoked")
+    # A remembered access token is still no refresh token.
+    assert_unauthorized(call(strict_app, "/refresh", token, method="POST"))
+
+
+def test_the_verified_tokens_are_bounded():
+    from flask_backend_patterns.auth import _VerifiedTokens
+
+    verified = _VerifiedTokens(2)
+    for name in ("a", "b", "c"):
+        verified.put(name, {"sub": name})
+    assert verified.get("a") is None and verified.get("c") == {"sub": "c"}
+
+
 def test_access_token_is_refused_where_a_refresh_token_is_needed(strict_app):
     assert_unauthorized(
         call(strict_app, "/refresh", issue(strict_app), method="POST"),

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import fakeredis
 import pytest
+import redis
 from flask import Blueprint
 from flask import Flask
 from flask import g
@@ -464,6 +465,29 @@ def test_redis_storage_is_shared_by_two_workers():
     assert last.status_code == 200 and last.headers["RateLimit-Remaining"] == "0"
     assert worker_a.get("/items").status_code == 429
     assert worker_b.get("/items").status_code == 429
+
+
+def test_redis_storage_makes_one_round_trip_a_request(monkeypatch):
+    server = fakeredis.FakeServer()
+    client = make_app(RATELIMIT_DEFAULT="5 per minute", **fake_redis_config(server)).test_client()
+    client.get("/items")  # loads the script
+    commands: list[str] = []
+    original = redis.Redis.execute_command
+
+    def counting(self, *args, **kwargs):
+        commands.append(str(args[0]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", counting)
+    response = client.get("/items")
+    assert commands == ["EVALSHA"]
+    # The headers come from that one call: the second of five hits, the window's time left.
+    assert response.headers["RateLimit-Remaining"] == "3"
+    assert 0 < int(response.headers["RateLimit-Reset"]) <= 60
+    commands.clear()
+    client.get("/items")
+    assert commands == ["EVALSHA"]  # a later request counts afresh, not from the memo
+    assert client.get("/items").headers["RateLimit-Remaining"] == "1"
 
 
 def test_redis_down_fails_open_with_one_warning(caplog):
