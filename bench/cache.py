@@ -30,9 +30,11 @@ def _a_market_id(database_url: str) -> str:
 
 def bench_cache(args: argparse.Namespace) -> None:
     market_path = f"/api/markets/{_a_market_id(args.database_url)}"
-    cached_env = {**env_for(args.database_url, args.redis_url), "FLASK_RATELIMIT_DEFAULT": NO_LIMIT}
-    # No Redis: a configured database then reads through (NullCache); limits in memory.
-    uncached_env = {**env_for(args.database_url), "FLASK_RATELIMIT_DEFAULT": NO_LIMIT}
+    # Both count their rate limit in Redis, so that only the cache differs.
+    limits = {"FLASK_RATELIMIT_DEFAULT": NO_LIMIT, "FLASK_RATELIMIT_STORAGE_URI": args.redis_url}
+    cached_env = {**env_for(args.database_url, args.redis_url), **limits}
+    # No REDIS_URL: a configured database then reads through (NullCache).
+    uncached_env = {**env_for(args.database_url), **limits}
     with (
         Server("example_app:create_app()", cached_env, args.workers, "/healthz") as cached,
         Server("example_app:create_app()", uncached_env, args.workers, "/healthz") as uncached,
@@ -72,8 +74,8 @@ def bench_cache(args: argparse.Namespace) -> None:
 
 The example app under `gunicorn -w {args.workers}` on {N_MARKETS:,} PostgreSQL markets, twice: with
 `REDIS_URL` (market reads through `cached_response` and `CachedRepository` on Redis) and without
-(a configured database without Redis reads through: `NullCache`). Both count a rate limit that
-the load never reaches. `GET {LIST_PATH}` and `GET /api/markets/<id>`, the same URL every time
+(a configured database without Redis reads through: `NullCache`). Both count a rate limit in
+Redis that the load never reaches, so that only the cache differs. `GET {LIST_PATH}` and `GET /api/markets/<id>`, the same URL every time
 (a warm cache: what the cache is for), `wrk -t1 -c{args.connections} -d{args.duration}s`,
 {args.rounds} rounds, the four alternating within each round.
 

@@ -687,6 +687,56 @@ class RepositoryCacheState:
         self.stats.incr("loads")
         return load()
 
+    def _read_versioned(
+        self,
+        namespaces: t.Sequence[str],
+        kind: str,
+        query: str,
+        ttl: int,
+        load: t.Callable[[], R],
+        pack: t.Callable[[R, list[int]], bytes],
+        unpack: t.Callable[[bytes], tuple[list[int], R]],
+    ) -> R:
+        """Like :meth:`_read_through`, in one round trip on a hit.
+
+        The value's key does not hold the versions: the value carries the versions it
+        was loaded under (``pack``/``unpack``), and one ``MGET`` reads them with the
+        current versions. A value of other versions is a miss, exactly as a key of other
+        versions would be.
+        """
+        self._recover()
+        digest = hashlib.sha256(json.dumps([kind, query]).encode()).hexdigest()
+        key = f"{self.key_prefix}:{namespaces[0]}:{kind}:{digest}"
+        version_keys = [self._version_key(n) for n in namespaces]
+        found = self._call(functools.partial(self.store.get_many, [*version_keys, key]))
+        if found is _FAILED:
+            return self._load(load)
+        *raw_versions, payload = found
+        versions: list[int] | None = [int(v) for v in raw_versions if v is not None and v.isdigit()]
+        if versions is None or len(versions) != len(namespaces):
+            versions = self._versions(namespaces)  # unset versions start here
+            if versions is None:
+                return self._load(load)
+        if payload is not None:
+            try:
+                stored_versions, value = unpack(payload)
+            except _PAYLOAD_ERRORS:
+                log.debug("cache value at %s is unreadable; reloading", key)
+            else:
+                if stored_versions == versions:
+                    self.stats.incr("hits")
+                    self._debug("hit", key)
+                    return value
+
+        def unpack_current(stored: bytes) -> R:
+            stored_versions, value = unpack(stored)
+            if stored_versions != versions:
+                raise ValueError("a value of other versions")  # a waiter must not take it
+            return value
+
+        current = versions
+        return self._read_through(key, ttl, load, lambda value: pack(value, current), unpack_current)
+
     def _read_through(
         self,
         key: str,
@@ -985,13 +1035,13 @@ _KEPT_HEADERS = ("Content-Type", "ETag", "Last-Modified", "Cache-Control")
 def cached_response(*models: type[t.Any], ttl: int | None = None) -> t.Callable[[F], F]:
     """Cache a read view's 200 responses, invalidated with the namespaces of ``models``.
 
-    For views whose response depends only on their arguments (the view args and the
-    parsed query, e.g. under flask-smorest's ``@blp.arguments``) and on rows of
-    ``models``: the key is made of the endpoint, those arguments, normalised, and the
-    models' namespace versions, which every write through a :class:`CachedRepository`
+    For views whose response depends only on the URL (route, view args, query string)
+    and on rows of ``models``: the key is made of the endpoint, the view args and the
+    query string, normalised, and the models' namespace versions, which every write through a :class:`CachedRepository`
     bumps after its commit. So the guarantee is the repository's: after a write's
-    response, no worker serves a response built from the old rows. A hit skips the
-    view, the repository and the serializer: the stored body is sent as it was.
+    response, no worker serves a response built from the old rows. Put it above
+    flask-smorest's ``@blp.arguments``: a hit then skips the argument parsing, the
+    view, the repository and the serializer, and sends the stored body as it was.
 
     Only 200 responses are stored (body, ``Content-Type``, ``ETag``, ...); conditional
     requests (``If-None-Match``) and anything but GET and HEAD go straight to the view,
@@ -1014,22 +1064,25 @@ def cached_response(*models: type[t.Any], ttl: int | None = None) -> t.Callable[
             if request.method not in ("GET", "HEAD") or "If-None-Match" in request.headers:
                 return view(*args, **kwargs)
             state = get_state()
-            try:
-                # The view's arguments without ``self`` of a MethodView.
-                plain = [a for a in args if isinstance(a, (str, int, float, bool, list, dict, type(None)))]
-                query = _canonical({"endpoint": request.endpoint, "args": plain, "kwargs": kwargs})
-            except TypeError:
-                return view(*args, **kwargs)
-            versions = state._versions(namespaces)
-            if versions is None:
-                return view(*args, **kwargs)
-            key = state._key(namespaces, versions, "response", query, "")
-            return state._read_through(
-                key,
+            # The key is the route and its query string, normalised (sorted pairs, as
+            # canonical JSON, then hashed): so the decorator may sit above the argument
+            # parsing, and a hit skips it too. Only 200s are stored, so only a query that
+            # parsed and validated once is ever answered from the cache.
+            query = _canonical(
+                {
+                    "endpoint": request.endpoint,
+                    "view_args": request.view_args or {},
+                    "query": sorted(request.args.items(multi=True)),
+                }
+            )
+            return state._read_versioned(
+                namespaces,
+                "response",
+                query,
                 ttl if ttl is not None else state.ttl,
                 lambda: _Uncacheable.wrap(view(*args, **kwargs)),
-                _encode_response,
-                _decode_response,
+                _pack_response,
+                _unpack_response,
             ).response
 
         return t.cast(F, wrapper)
@@ -1056,19 +1109,27 @@ class _NotStored(Exception):
     """Raised by the encoder of a response that must not be stored."""
 
 
-def _encode_response(value: _Uncacheable) -> bytes:
+def _pack_response(value: _Uncacheable, versions: list[int]) -> bytes:
+    """One line of JSON (format, versions, status, headers), then the body's bytes as they
+    are: a hit neither parses nor re-encodes the body."""
     if not value.storable:
         raise _NotStored
     response = value.response
     headers = {name: response.headers[name] for name in _KEPT_HEADERS if name in response.headers}
-    return _wrap({"s": response.status_code, "h": headers, "b": response.get_data(as_text=True)})
+    head = {"f": _FORMAT, "v": versions, "s": response.status_code, "h": headers}
+    # Compact JSON escapes every newline inside strings: the first b"\n" ends the head.
+    body: bytes = response.get_data()
+    return json.dumps(head, separators=(",", ":")).encode() + b"\n" + body
 
 
-def _decode_response(payload: bytes) -> _Uncacheable:
+def _unpack_response(payload: bytes) -> tuple[list[int], _Uncacheable]:
     from flask import Response
 
-    data = _unwrap(payload)
-    return _Uncacheable(Response(data["b"], status=data["s"], headers=data["h"]), True)
+    head_bytes, newline, body = payload.partition(b"\n")
+    head = json.loads(head_bytes)
+    if not newline or not isinstance(head, dict) or head.get("f") != _FORMAT:
+        raise ValueError("not a response this release stored")
+    return head["v"], _Uncacheable(Response(body, status=head["s"], headers=head["h"]), True)
 
 
 # -- commits ---------------------------------------------------------------------------------

@@ -58,9 +58,9 @@ def _projection(args: dict[str, t.Any]) -> tuple[tuple[str, ...] | None, tuple[s
 
 @blp.route("")
 class Markets(MethodView):
+    @cached_response(Market, User)
     @blp.arguments(MarketListQuerySchema, location="query")
     @blp.response(200, MarketSchema(many=True))
-    @cached_response(Market, User)
     def get(self, args: dict[str, t.Any]) -> Response:
         """List markets: filter, sort, paginate (offset or cursor), project, embed."""
         fields, include = _projection(args)
@@ -138,6 +138,7 @@ class MarketIndexJob(MethodView):
 
 @blp.route("/<market_id>")
 class MarketById(MethodView):
+    @cached_response(Market, User)
     @blp.arguments(MarketGetQuerySchema, location="query")
     @blp.response(
         200,
@@ -146,7 +147,6 @@ class MarketById(MethodView):
     )
     @blp.alt_response(304, description="Not modified (If-None-Match matched)")
     @blp.alt_response(404, response="NOT_FOUND")
-    @cached_response(Market, User)
     def get(self, args: dict[str, t.Any], market_id: str) -> Response:
         """One market, with its ETag; If-None-Match answers 304."""
         fields, include = _projection(args)
