@@ -91,3 +91,29 @@ def test_umbrella_registers_enabled_parts_only():
     umbrella.BackendPatterns(app)
     assert umbrella.get_state(app).parts == ["errors"]
     assert "backend_patterns.logging" not in app.extensions
+
+
+def test_umbrella_registers_every_part_in_working_order_when_enabled():
+    app = new_app()
+    app.config.update(
+        BACKEND_AUTH_ENABLED=True,
+        BACKEND_RATELIMIT_ENABLED=True,
+        BACKEND_CACHE_ENABLED=True,
+        BACKEND_JOBS_ENABLED="true",  # as FLASK_BACKEND_JOBS_ENABLED=true arrives
+        RATELIMIT_DEFAULT="2 per minute",
+    )
+    umbrella.BackendPatterns(app)
+    assert umbrella.get_state(app).parts == ["logging", "errors", "auth", "ratelimit", "cache", "jobs"]
+    for key in ("auth", "ratelimit", "cache", "jobs"):
+        assert f"backend_patterns.{key}" in app.extensions
+    app.add_url_rule("/ping", "ping", lambda: {"ok": True})
+    client = app.test_client()
+    assert [client.get("/ping").status_code for _ in range(3)] == [200, 200, 429]
+    refused = client.get("/ping")
+    assert refused.get_json()["code"] == "rate_limited" and refused.headers["X-Request-ID"]
+
+
+def test_umbrella_leaves_the_opt_in_parts_off_by_default():
+    app = new_app()
+    umbrella.BackendPatterns(app)
+    assert umbrella.get_state(app).parts == ["logging", "errors"]
