@@ -3,7 +3,8 @@
 ``COUNT(*)`` over one status of 100,000 markets costs milliseconds on every list
 request; the ``market_status_counts`` table holds the same number, changed in the same
 transaction as the rows themselves by triggers, so it is exact for any write path: the
-ORM, bulk inserts, raw SQL. The price is a row lock on the status's counter for the rest
+ORM, bulk inserts, raw SQL (on SQLite, but ``INSERT OR REPLACE`` over an existing id,
+which runs no delete trigger unless ``recursive_triggers`` is on; nothing here uses it). The price is a row lock on the status's counter for the rest
 of the writing transaction (writers of one status queue behind each other at commit).
 
 The DDL is installed by migration 0002 and, for ``create_all``, by the ``after_create``

@@ -61,9 +61,19 @@ def index_market(market_id: str) -> dict[str, t.Any]:
     if market is None:
         return {"market_id": market_id, "indexed": False, "reason": "market not found"}
     embedder = current_embedder()
-    vector = embedder.embed([market_text(market.name, market.description)])[0]
+    version, text = market.version, market_text(market.name, market.description)
+    # End the read before the slow embedding: no transaction idles through it (and on
+    # SQLite a write from a stale read snapshot would fail).
+    db.session.rollback()
+    vector = embedder.embed([text])[0]
     with transaction(db.session):
+        # The revision's row lock comes first (as in every writer of embeddings), then
+        # the market is read again: a job of an older version, slower to embed than the
+        # job of a newer one, must not overwrite its vector.
         revision = bump_search_revision(db.session)
+        current = db.session.scalar(sa.select(Market.version).where(Market.id == market_id))
+        if current != version:
+            return {"market_id": market_id, "indexed": False, "reason": "changed since; newer job indexes it"}
         row = db.session.get(MarketEmbedding, market_id) or MarketEmbedding(market_id=market_id)
         row.embedder = embedder.name
         row.vector = vector_to_bytes(vector)
@@ -92,24 +102,33 @@ def reindex_all(*, batch_size: int = 1000, progress: t.Callable[[int], None] | N
         ).all()
         if not rows:
             return done
+        db.session.rollback()  # no transaction idles through the embedding (see index_market)
         vectors = embedder.embed([market_text(r.name, r.description) for r in rows])
         with transaction(db.session):
             revision = bump_search_revision(db.session)
             ids = [r.id for r in rows]
-            db.session.execute(sa.delete(MarketEmbedding).where(MarketEmbedding.market_id.in_(ids)))
-            db.session.execute(
-                sa.insert(MarketEmbedding),
-                [
-                    {
-                        "market_id": r.id,
-                        "embedder": embedder.name,
-                        "vector": vector_to_bytes(vector),
-                        "market_version": r.version,
-                        "revision": revision,
-                    }
-                    for r, vector in zip(rows, vectors, strict=True)
-                ],
+            # Under the revision lock: markets deleted or changed since they were read are
+            # left to their own jobs.
+            still = dict(
+                db.session.execute(sa.select(Market.id, Market.version).where(Market.id.in_(ids))).all()
             )
+            fresh = [(r, v) for r, v in zip(rows, vectors, strict=True) if still.get(r.id) == r.version]
+            keep = [r.id for r, _ in fresh]
+            if keep:
+                db.session.execute(sa.delete(MarketEmbedding).where(MarketEmbedding.market_id.in_(keep)))
+                db.session.execute(
+                    sa.insert(MarketEmbedding),
+                    [
+                        {
+                            "market_id": r.id,
+                            "embedder": embedder.name,
+                            "vector": vector_to_bytes(vector),
+                            "market_version": r.version,
+                            "revision": revision,
+                        }
+                        for r, vector in fresh
+                    ],
+                )
         done += len(rows)
         last_id = rows[-1].id
         if progress is not None:

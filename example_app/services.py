@@ -137,9 +137,10 @@ class MarketService(Service[Market]):
         with transaction(self.repository.session):
             market = self.get(market_id)
             _check_if_match(market, if_match)
-            self.repository.delete(market_id)
             # Its vector goes with it (ON DELETE CASCADE): let every process's matrix know.
+            # The revision's lock first, as every writer of embeddings takes it: one order.
             bump_search_revision(self.repository.session)
+            self.repository.delete(market_id)
 
     def list_positions(self, market_id: str, **query: t.Any) -> Page[Position]:
         """One page of a market's positions.

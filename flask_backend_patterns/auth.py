@@ -345,23 +345,26 @@ class AuthState:
 
 class _VerifiedTokens:
     """A bounded, thread-safe LRU of token -> claims whose signature, ``aud`` and ``iss``
-    passed. Time-bound claims (``exp``, ``nbf``) and revocation are checked on every use."""
+    passed. Time-bound claims (``exp``, ``nbf``, ``iat``) and revocation are checked on
+    every use. The claims are kept as JSON text: each use gets its own copy to change."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._items: collections.OrderedDict[str, dict[str, t.Any]] = collections.OrderedDict()
+        self._items: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, token: str) -> dict[str, t.Any] | None:
         with self._lock:
-            claims = self._items.get(token)
-            if claims is not None:
-                self._items.move_to_end(token)
-            return claims
+            text = self._items.get(token)
+            if text is None:
+                return None
+            self._items.move_to_end(token)
+        return t.cast(dict[str, t.Any], json.loads(text))
 
-    def put(self, token: str, claims: dict[str, t.Any]) -> None:
+    def put(self, token: str, claims: t.Mapping[str, t.Any]) -> None:
+        text = json.dumps(claims)
         with self._lock:
-            self._items[token] = claims
+            self._items[token] = text
             self._items.move_to_end(token)
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
@@ -958,12 +961,11 @@ def decode_token(token: str, *, expected_type: TokenType | None = "access") -> d
     else:
         # Verified before: only what time changes is checked again, as PyJWT checks it.
         now = time.time()
-        if claims["exp"] <= now - state.leeway:
+        if int(claims["exp"]) <= now - state.leeway:
             raise UnauthorizedError(_failure_message(jwt.ExpiredSignatureError()))
         for not_before in ("nbf", "iat"):
-            if not_before in claims and claims[not_before] > now + state.leeway:
+            if not_before in claims and int(claims[not_before]) > now + state.leeway:
                 raise UnauthorizedError(_failure_message(jwt.ImmatureSignatureError()))
-    claims = dict(claims)  # the caller's own copy: the cached one stays as verified
     token_type = claims["type"]
     if token_type not in TOKEN_TYPES:
         raise UnauthorizedError("Token type is not accepted")

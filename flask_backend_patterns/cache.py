@@ -770,8 +770,13 @@ class RepositoryCacheState:
             # Another thread of this process is loading this key: wait for its value.
             wait = (self.lock_timeout_ms + self.lock_wait_ms) / 1000
             if flight.done.wait(wait) and flight.payload is not None:
-                self.stats.incr("coalesced")
-                return decode(flight.payload)
+                try:
+                    value = decode(flight.payload)
+                except _PAYLOAD_ERRORS:
+                    pass  # e.g. loaded under other versions than ours: load our own
+                else:
+                    self.stats.incr("coalesced")
+                    return value
             return self._load_and_store(key, ttl, load, encode, fill)[0]
         try:
             value, payload = self._load_locked(key, ttl, load, encode, decode, fill)
@@ -1028,8 +1033,8 @@ def cache_health(app: Flask | None = None) -> CacheHealth:
     return get_state(app).health()
 
 
-#: the response headers a cached response keeps (the rest are made again per request).
-_KEPT_HEADERS = ("Content-Type", "ETag", "Last-Modified", "Cache-Control")
+#: headers of a view's response that a cached copy does not keep: made again per response.
+_UNKEPT_HEADERS = frozenset({"content-length", "date", "connection", "transfer-encoding"})
 
 
 def cached_response(*models: type[t.Any], ttl: int | None = None) -> t.Callable[[F], F]:
@@ -1043,7 +1048,8 @@ def cached_response(*models: type[t.Any], ttl: int | None = None) -> t.Callable[
     flask-smorest's ``@blp.arguments``: a hit then skips the argument parsing, the
     view, the repository and the serializer, and sends the stored body as it was.
 
-    Only 200 responses are stored (body, ``Content-Type``, ``ETag``, ...); conditional
+    Only 200 responses are stored (the body and the view's headers, but ``Content-Length``
+    and ``Date``; never one that sets a cookie or sends ``Vary``); conditional
     requests (``If-None-Match``) and anything but GET and HEAD go straight to the view,
     as do all requests when the backend is down. Not for views whose output depends on
     the caller (``current_user``) or on request headers.
@@ -1072,7 +1078,9 @@ def cached_response(*models: type[t.Any], ttl: int | None = None) -> t.Callable[
                 {
                     "endpoint": request.endpoint,
                     "view_args": request.view_args or {},
-                    "query": sorted(request.args.items(multi=True)),
+                    # By name only: a sort is stable, so a repeated parameter keeps
+                    # the order of its values, which the parsing may depend on.
+                    "query": sorted(request.args.items(multi=True), key=lambda pair: pair[0]),
                 }
             )
             return state._read_versioned(
@@ -1115,7 +1123,9 @@ def _pack_response(value: _Uncacheable, versions: list[int]) -> bytes:
     if not value.storable:
         raise _NotStored
     response = value.response
-    headers = {name: response.headers[name] for name in _KEPT_HEADERS if name in response.headers}
+    if "Set-Cookie" in response.headers or "Vary" in response.headers:
+        raise _NotStored  # for one client, or varying with request headers the key ignores
+    headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _UNKEPT_HEADERS]
     head = {"f": _FORMAT, "v": versions, "s": response.status_code, "h": headers}
     # Compact JSON escapes every newline inside strings: the first b"\n" ends the head.
     body: bytes = response.get_data()

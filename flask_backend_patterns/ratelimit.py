@@ -265,6 +265,7 @@ class StorageFailures:
         log.info("Rate limit storage answers again; limits apply.")
 
 
+_MEMO_ENVIRON_KEY = "flask_backend_patterns.ratelimit.memo"
 #: scheme prefix of the storage URIs that _OneTripRedisStorage serves.
 _ONE_TRIP = "fbp-one-trip+"
 
@@ -310,11 +311,18 @@ return {current, redis.call("pttl", KEYS[1])}
         found = self._remembered(key)
         return found[1] if found is not None else float(super().get_expiry(key))
 
+    def clear(self, key: str) -> None:
+        memo = self._memo()
+        if memo is not None:
+            memo.pop(self.prefixed_key(key), None)
+        super().clear(key)
+
     def _memo(self) -> dict[str, tuple[int, float]] | None:
-        # Per request: a later request must read the counter afresh.
+        # Per request (its environ, not g: an app context, and so g, may outlive a
+        # request): a later request reads the counter afresh.
         if not flask.has_request_context():
             return None
-        memos: dict[int, dict[str, tuple[int, float]]] = g.setdefault("_fbp_ratelimit_memo", {})
+        memos: dict[int, dict[str, tuple[int, float]]] = request.environ.setdefault(_MEMO_ENVIRON_KEY, {})
         return memos.setdefault(id(self), {})
 
     def _remembered(self, key: str) -> tuple[int, float] | None:

@@ -181,3 +181,30 @@ def test_a_queue_outage_does_not_lose_the_write(app_factory, auth_header, db, ca
     assert db.session.get(Market, market_id) is not None
     assert any("not queued for indexing" in r.getMessage() for r in caplog.records)
     error(client.post(f"/api/markets/{market_id}/index", headers=writer), 503, "unavailable")
+
+
+def test_an_index_job_of_an_older_version_does_not_overwrite_a_newer_vector(client, db, writer, monkeypatch):
+    from example_app import indexing
+    from example_app.models import MarketEmbedding as Embedding
+
+    market_id = create(client, writer, "Will the old name win?")
+    ok(client.patch(f"/api/markets/{market_id}", json={"name": "The newer name"}, headers=writer))
+    db.session.rollback()
+    newer = db.session.get(Embedding, market_id)
+    assert newer.market_version == 2
+    newer_vector = newer.vector
+    embedder = indexing.current_embedder()
+    original = type(embedder).embed
+
+    def embed_then_change(self, texts):
+        # While this (now older) job embeds, the market moves on to version 3.
+        vectors = original(self, texts)
+        with db.engine.begin() as conn:
+            conn.execute(sa.update(Market).where(Market.id == market_id).values(version=Market.version + 1))
+        return vectors
+
+    monkeypatch.setattr(type(embedder), "embed", embed_then_change)
+    result = indexing.index_market(market_id)
+    assert result["indexed"] is False
+    db.session.rollback()
+    assert db.session.get(Embedding, market_id).vector == newer_vector

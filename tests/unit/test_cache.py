@@ -1122,3 +1122,53 @@ def test_cached_response_needs_models() -> None:
         cached_response()
     with pytest.raises(ValueError, match="ttl"):
         cached_response(Widget, ttl=0)
+
+
+def test_cached_response_keeps_the_order_of_a_repeated_parameter(make_app: t.Any) -> None:
+    from flask import jsonify
+    from flask import request
+
+    from flask_backend_patterns.cache import cached_response
+
+    app = make_app("fakeredis")
+
+    @app.get("/first")
+    @cached_response(Widget)
+    def first() -> t.Any:
+        return jsonify(first=request.args.getlist("x")[0])
+
+    client = app.test_client()
+    assert client.get("/first?x=a&x=b").get_json() == {"first": "a"}
+    assert client.get("/first?x=b&x=a").get_json() == {"first": "b"}
+    assert client.get("/first?x=a&x=b").get_json() == {"first": "a"}
+
+
+def test_cached_response_keeps_the_view_headers_and_never_stores_cookies_or_vary(make_app: t.Any) -> None:
+    from flask import jsonify
+
+    from flask_backend_patterns.cache import cached_response
+
+    app = make_app("fakeredis")
+    calls: list[str] = []
+
+    @app.get("/linked")
+    @cached_response(Widget)
+    def linked() -> t.Any:
+        calls.append("linked")
+        response = jsonify(ok=True)
+        response.headers["Link"] = '</next>; rel="next"'
+        return response
+
+    @app.get("/personal")
+    @cached_response(Widget)
+    def personal() -> t.Any:
+        calls.append("personal")
+        response = jsonify(ok=True)
+        response.set_cookie("seen", "1")
+        return response
+
+    client = app.test_client()
+    for _ in range(2):
+        assert client.get("/linked").headers["Link"] == '</next>; rel="next"'
+        client.get("/personal")
+    assert calls == ["linked", "personal", "personal"]
