@@ -7,8 +7,8 @@ import statistics
 
 import sqlalchemy as sa
 
+from bench.common import app_envs
 from bench.common import compare
-from bench.common import env_for
 from bench.common import machine
 from bench.common import median_ratio
 from bench.common import N_MARKETS
@@ -16,8 +16,6 @@ from bench.common import Server
 from bench.common import write_section
 
 LIST_PATH = "/api/markets?status=active&sort=-volume&limit=20"
-#: counted like any limit, never reached by the benchmark's load.
-NO_LIMIT = "100000000 per minute"
 
 
 def _a_market_id(database_url: str) -> str:
@@ -30,11 +28,7 @@ def _a_market_id(database_url: str) -> str:
 
 def bench_cache(args: argparse.Namespace) -> None:
     market_path = f"/api/markets/{_a_market_id(args.database_url)}"
-    # Both count their rate limit in Redis, so that only the cache differs.
-    limits = {"FLASK_RATELIMIT_DEFAULT": NO_LIMIT, "FLASK_RATELIMIT_STORAGE_URI": args.redis_url}
-    cached_env = {**env_for(args.database_url, args.redis_url), **limits}
-    # No REDIS_URL: a configured database then reads through (NullCache).
-    uncached_env = {**env_for(args.database_url), **limits}
+    uncached_env, cached_env = app_envs(args.database_url, args.redis_url)
     with (
         Server("example_app:create_app()", cached_env, args.workers, "/healthz") as cached,
         Server("example_app:create_app()", uncached_env, args.workers, "/healthz") as uncached,

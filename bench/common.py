@@ -66,6 +66,20 @@ def env_for(database_url: str, redis_url: str = "") -> dict[str, str]:
     }
 
 
+#: a rate limit that is counted like any other and that no benchmark's load reaches.
+NO_LIMIT = "100000000 per minute"
+
+
+def app_envs(database_url: str, redis_url: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The example app's environment without and with ``REDIS_URL`` (uncached, cached).
+
+    Both count their rate limit in Redis, never reached: only the cache differs.
+    Without ``REDIS_URL`` a configured database reads through (``NullCache``).
+    """
+    limits = {"FLASK_RATELIMIT_DEFAULT": NO_LIMIT, "FLASK_RATELIMIT_STORAGE_URI": redis_url}
+    return {**env_for(database_url), **limits}, {**env_for(database_url, redis_url), **limits}
+
+
 def seed(url: str) -> None:
     """Migrate, and seed ``N_MARKETS`` markets unless exactly that many are there."""
     env = env_for(url)

@@ -26,11 +26,11 @@ import time
 
 from bench import stack
 from bench.cache import bench_cache
+from bench.common import app_envs
 from bench.common import compare
 from bench.common import DEFAULT_DATABASE_URL
 from bench.common import DEFAULT_REDIS_URL
 from bench.common import ensure_database
-from bench.common import env_for
 from bench.common import machine
 from bench.common import median_ratio
 from bench.common import N_MARKETS
@@ -46,14 +46,8 @@ BENCHES = ("list", "pages", "cache", "stack", "jobs", "search")
 
 
 def bench_list(args: argparse.Namespace) -> None:
-    # Both count a rate limit in Redis that the load never reaches. Without REDIS_URL a
-    # configured database reads through (no cache); with it, as deployed, reads are cached.
-    limits = {
-        "FLASK_RATELIMIT_DEFAULT": "100000000 per minute",
-        "FLASK_RATELIMIT_STORAGE_URI": args.redis_url,
-    }
-    uncached_env = {**env_for(args.database_url), **limits}
-    cached_env = {**env_for(args.database_url, args.redis_url), **limits}
+    # Without REDIS_URL no cache; with it, as deployed, reads are cached.
+    uncached_env, cached_env = app_envs(args.database_url, args.redis_url)
     with (
         Server("example_app:create_app()", uncached_env, args.workers, "/healthz") as uncached,
         Server("example_app:create_app()", cached_env, args.workers, "/healthz") as cached,

@@ -13,6 +13,7 @@ import os
 
 from flask import Flask
 
+from bench.common import NO_LIMIT
 from flask_backend_patterns import Auth
 from flask_backend_patterns import BackendPatterns
 from flask_backend_patterns import RateLimiting
@@ -25,8 +26,7 @@ def create_app() -> Flask:
         JWT_SECRET_KEY=os.environ["BENCH_JWT_SECRET"],
         BACKEND_AUTH_REVOCATION_REDIS_URL=os.environ["BENCH_REDIS_URL"],
         RATELIMIT_STORAGE_URI=os.environ["BENCH_REDIS_URL"],
-        # Counted like any limit, never reached by the benchmark's load.
-        RATELIMIT_DEFAULT="100000000 per minute",
+        RATELIMIT_DEFAULT=NO_LIMIT,
     )
     BackendPatterns(app)
     Auth(app)  # before the limiter, so that a known caller is counted per user

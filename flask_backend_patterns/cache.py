@@ -41,6 +41,8 @@ from dataclasses import field
 import sqlalchemy as sa
 from cachelib.serializers import BaseSerializer
 from flask import Flask
+from flask import request
+from flask import Response
 from flask_caching.backends import BaseCache
 from flask_caching.backends import NullCache
 from flask_caching.backends import RedisCache
@@ -712,11 +714,12 @@ class RepositoryCacheState:
         if found is _FAILED:
             return self._load(load)
         *raw_versions, payload = found
-        versions: list[int] | None = [int(v) for v in raw_versions if v is not None and v.isdigit()]
-        if versions is None or len(versions) != len(namespaces):
-            versions = self._versions(namespaces)  # unset versions start here
-            if versions is None:
+        versions = [int(v) for v in raw_versions if v is not None and v.isdigit()]
+        if len(versions) != len(namespaces):
+            started = self._versions(namespaces)  # unset versions start here
+            if started is None:
                 return self._load(load)
+            versions = started
         if payload is not None:
             try:
                 stored_versions, value = unpack(payload)
@@ -1065,8 +1068,6 @@ def cached_response(*models: type[t.Any], ttl: int | None = None) -> t.Callable[
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
-            from flask import request
-
             if request.method not in ("GET", "HEAD") or "If-None-Match" in request.headers:
                 return view(*args, **kwargs)
             state = get_state()
@@ -1107,8 +1108,6 @@ class _Uncacheable:
 
     @classmethod
     def wrap(cls, response: t.Any) -> _Uncacheable:
-        from flask import Response
-
         storable = isinstance(response, Response) and response.status_code == 200 and not response.is_streamed
         return cls(response, storable)
 
@@ -1133,8 +1132,6 @@ def _pack_response(value: _Uncacheable, versions: list[int]) -> bytes:
 
 
 def _unpack_response(payload: bytes) -> tuple[list[int], _Uncacheable]:
-    from flask import Response
-
     head_bytes, newline, body = payload.partition(b"\n")
     head = json.loads(head_bytes)
     if not newline or not isinstance(head, dict) or head.get("f") != _FORMAT:

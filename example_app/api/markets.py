@@ -98,7 +98,7 @@ def _written(market: t.Any, status: int = 200) -> Response:
     headers = {"ETag": market.etag}
     if status == 201:
         headers["Location"] = url_for("markets.MarketById", market_id=market.id)
-    return envelope(_FULL_SCHEMA.dump(market), status=status, headers=headers)
+    return envelope(market_schema(None, ()).dump(market), status=status, headers=headers)
 
 
 def _if_match() -> str | None:
@@ -115,7 +115,7 @@ class MarketSearch(MethodView):
     def get(self, args: dict[str, t.Any]) -> Response:
         """Semantic search: the markets closest in meaning to ``q``, most similar first."""
         hits = SearchService().search(args["q"], limit=args["limit"])
-        data = [{**_FULL_SCHEMA.dump(market), "score": round(score, 6)} for market, score in hits]
+        data = [{**market_schema(None, ()).dump(market), "score": round(score, 6)} for market, score in hits]
         return envelope(data, meta={"total": len(data), "limit": args["limit"]})
 
 
@@ -209,4 +209,3 @@ class MarketPositions(MethodView):
 
 
 _POSITION_SCHEMA = PositionSchema()
-_FULL_SCHEMA = MarketSchema(exclude=("creator",))
