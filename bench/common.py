@@ -93,7 +93,7 @@ def seed(url: str) -> None:
         print(f"seeding {N_MARKETS} markets (had {have})", flush=True)
         engine = sa.create_engine(url)
         with engine.begin() as conn:
-            conn.execute(sa.text("TRUNCATE positions, markets, users"))
+            conn.execute(sa.text("TRUNCATE positions, markets, users CASCADE"))
         engine.dispose()
         started = time.perf_counter()
         subprocess.run(

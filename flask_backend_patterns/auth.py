@@ -28,6 +28,7 @@ import threading
 import time
 import typing as t
 import uuid
+import weakref
 from dataclasses import dataclass
 from dataclasses import field
 
@@ -175,12 +176,38 @@ def _unavailable(store: str, exc: Exception) -> ServiceUnavailableError:
     )
 
 
+#: how many lookups a :class:`RedisRevocationStore` remembers (the oldest go first).
+REVOCATION_CACHE_SIZE = 10_000
+#: the channel Redis sends tracking invalidations to (RESP2 redirect mode).
+_INVALIDATE_CHANNEL = "__redis__:invalidate"
+#: read timeout of the watch connection when the client has none: a liveness PING
+#: on a dead connection must fail, not hang every request.
+_WATCH_TIMEOUT = 2.0
+
+
 class RedisRevocationStore:
     """Revoked token ids in Redis: one key per ``jti`` that expires with the token.
 
     Every worker and host that uses the same Redis sees a revocation at once. When
     Redis does not answer, both methods raise :class:`ServiceUnavailableError`
     (503): a token whose revocation cannot be checked is not accepted.
+
+    With ``cache`` on (the default), each process remembers the answers of its
+    lookups (up to :data:`REVOCATION_CACHE_SIZE`) and asks Redis only for a ``jti``
+    it has not seen. Redis keeps the memory true: a "watch" connection per process
+    is subscribed to server-assisted invalidation (``CLIENT TRACKING ... BCAST
+    PREFIX prefix``), and Redis pushes every key under ``prefix`` that is set,
+    deleted or expires, and every flush. Each lookup first reads what was pushed,
+    without waiting. Redis writes the invalidation of a revocation in the same pass
+    as its reply, so with a healthy connection the next request of every process
+    sees it. A lookup that read any invalidation, and otherwise one lookup every
+    ``check_interval`` seconds, also sends ``PING`` on the watch and reads up to the
+    reply: a connection that died without a reset (a host or network failure) is
+    found within that time, and a revocation can go unseen for at most
+    ``check_interval`` on it. Any error on the watch clears the memory;
+    lookups then ask Redis every time (one warning per ``check_interval``) and the
+    watch is set up again at most once per ``check_interval``. A client that cannot
+    track (an older Redis, fakeredis) works the same way, without the memory.
     """
 
     def __init__(
@@ -189,17 +216,51 @@ class RedisRevocationStore:
         *,
         prefix: str = DEFAULT_REVOCATION_PREFIX,
         clock: t.Callable[[], float] = time.time,
+        cache: bool = True,
+        check_interval: float = 1.0,
+        cache_size: int = REVOCATION_CACHE_SIZE,
     ) -> None:
         import redis
 
+        if isinstance(check_interval, bool) or not (
+            isinstance(check_interval, (int, float)) and math.isfinite(check_interval) and check_interval > 0
+        ):
+            raise ValueError(f"check_interval must be a number of seconds > 0, got {check_interval!r}")
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
+            raise ValueError(f"cache_size must be an integer >= 1, got {cache_size!r}")
         self.client = client
         self.prefix = prefix
+        self.cache = bool(cache)
+        self.check_interval = float(check_interval)
+        self.cache_size = cache_size
         self._clock = clock
         self._errors: type[Exception] = redis.RedisError
+        # Guards everything below; never held during a lookup on ``client``.
+        self._lock = threading.Lock()
+        #: jti -> revoked, for the lookups Redis will tell us about when they change.
+        self._known: collections.OrderedDict[str, bool] = collections.OrderedDict()
+        #: bumped by every invalidation applied and every reset of the memory: a lookup
+        #: is remembered only if it did not move while the lookup ran.
+        self._changes = 0
+        self._watch: t.Any = None  # the watch connection, or None (no memory)
+        self._watch_pid = 0
+        self._watch_id: int | None = None
+        self._encoding = "utf-8"  # of the keys the watch reads; the client's
+        self._last_pong = 0.0  # monotonic time the last answered PING was sent
+        self._next_setup = 0.0  # monotonic time before which no set-up is tried
+        self._last_warning: float | None = None
+        _REDIS_STORES.add(self)
 
     @classmethod
     def from_url(
-        cls, url: str, *, prefix: str = DEFAULT_REVOCATION_PREFIX, timeout: float = 2.0
+        cls,
+        url: str,
+        *,
+        prefix: str = DEFAULT_REVOCATION_PREFIX,
+        timeout: float = 2.0,
+        cache: bool = True,
+        check_interval: float = 1.0,
+        cache_size: int = REVOCATION_CACHE_SIZE,
     ) -> RedisRevocationStore:
         """A store on a new client for ``url`` (``redis://host:port/db``); connects lazily.
 
@@ -214,7 +275,7 @@ class RedisRevocationStore:
             ) from None
         # Short timeouts: a request waits at most this long before the 503.
         client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        return cls(client, prefix=prefix)
+        return cls(client, prefix=prefix, cache=cache, check_interval=check_interval, cache_size=cache_size)
 
     def key(self, jti: str) -> str:
         """The Redis key that marks ``jti`` as revoked."""
@@ -229,13 +290,187 @@ class RedisRevocationStore:
             self.client.set(self.key(jti), b"1", ex=ttl)
         except self._errors as exc:
             raise _unavailable("redis", exc) from exc
+        if self.cache:
+            # The watch brings the invalidation too; this process must not wait for it.
+            with self._lock:
+                self._known.pop(jti, None)
+                self._changes += 1
 
     def is_revoked(self, jti: str) -> bool:
         """True when ``jti`` was revoked and its token has not expired yet."""
+        if not self.cache:
+            return self._exists(jti)
+        with self._lock:
+            watching = self._sync()
+            if watching:
+                known = self._known.get(jti)
+                if known is not None:
+                    return known
+            changes = self._changes
+        revoked = self._exists(jti)
+        if watching:
+            with self._lock:
+                # Remember the answer only if nothing was invalidated since just before
+                # the lookup was sent: a revocation Redis handled after the lookup
+                # would otherwise be hidden behind it. An invalidation still on its way
+                # is read by the next lookup, before the memory.
+                if self._sync() and self._changes == changes:
+                    self._known[jti] = revoked
+                    if len(self._known) > self.cache_size:
+                        self._known.popitem(last=False)
+        return revoked
+
+    def close(self) -> None:
+        """Close the watch connection and forget every lookup (the client stays open)."""
+        with self._lock:
+            self._drop_watch()
+
+    def _exists(self, jti: str) -> bool:
         try:
             return bool(self.client.exists(self.key(jti)))
         except self._errors as exc:
             raise _unavailable("redis", exc) from exc
+
+    # -- the watch (all called with the lock held) ------------------------------------
+
+    def _sync(self) -> bool:
+        """Bring the memory up to date with Redis; False when there is no watch."""
+        if self._watch is not None and self._watch_pid != os.getpid():
+            # The parent's, after a fork: each process sets up its own, at once.
+            self._drop_watch()
+            self._next_setup = 0.0
+        now = time.monotonic()
+        try:
+            if self._watch is None:
+                if now < self._next_setup:
+                    return False
+                self._next_setup = now + self.check_interval
+                self._open_watch(now)
+            watch = self._watch
+            received = False
+            while watch.can_read(timeout=0):
+                self._apply(watch.read_response())
+                received = True
+            # After reading anything, read on to a PING's reply too: more may still wait
+            # in Redis's buffers when the socket's filled up (a process idle through
+            # many revocations). The reply comes after all of it.
+            if received or now - self._last_pong >= self.check_interval:
+                watch.send_command("PING", check_health=False)
+                while not self._apply(watch.read_response()):
+                    pass
+                self._last_pong = now
+        except (self._errors, OSError) as exc:
+            self._drop_watch()
+            self._watch_failed(exc, now)
+            return False
+        return True
+
+    def _open_watch(self, now: float) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is None:
+            raise redis.RedisError(f"{type(self.client).__name__} has no connection pool")
+        # A connection of the client's kind and address, outside the pool: the pool
+        # never gets it back, so it must not count against max_connections. RESP2:
+        # redis-py hands RESP3 pushes to its own handlers, which drop the keys.
+        try:
+            watch = pool.connection_class(**{**pool.connection_kwargs, "protocol": 2})
+        except (TypeError, ValueError) as exc:
+            raise redis.RedisError(f"cannot make a watch connection: {exc}") from exc
+        # One attempt: a set-up that fails is tried again after check_interval.
+        watch.retry = Retry(NoBackoff(), 0)
+        if watch.socket_timeout is None:
+            watch.socket_timeout = _WATCH_TIMEOUT
+        try:
+            watch.connect()
+            watch.send_command("CLIENT", "ID", check_health=False)
+            client_id = int(watch.read_response())
+            prefix = ("PREFIX", self.prefix) if self.prefix else ()
+            watch.send_command(
+                "CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", *prefix, check_health=False
+            )
+            watch.read_response()
+            watch.send_command("SUBSCRIBE", _INVALIDATE_CHANNEL, check_health=False)
+            watch.read_response()
+            # A silent reconnect would be a connection without tracking: refuse it.
+            watch.register_connect_callback(self._watch_reconnected)
+        except BaseException as exc:
+            watch.disconnect()
+            if isinstance(exc, (TypeError, ValueError)):  # a reply of an unexpected type
+                raise redis.RedisError(f"unexpected reply while setting up the watch: {exc}") from exc
+            raise
+        self._forget()
+        self._watch, self._watch_pid, self._watch_id = watch, os.getpid(), client_id
+        self._encoding = getattr(getattr(watch, "encoder", None), "encoding", "utf-8")
+        self._last_pong = now
+        log.info("Revocation memory on: Redis client %s watches %s*", client_id, self.prefix)
+
+    def _watch_reconnected(self, connection: t.Any) -> None:
+        import redis
+
+        connection.disconnect()
+        raise redis.RedisError("the revocation watch lost its connection")
+
+    def _apply(self, reply: t.Any) -> bool:
+        """Apply one message read on the watch; True when it is the reply to PING."""
+        kind = reply[0] if isinstance(reply, list) and reply else None
+        if kind in (b"pong", "pong"):
+            return True
+        if kind in (b"message", "message") and len(reply) == 3:
+            self._changes += 1
+            keys = reply[2]
+            if keys is None:  # FLUSHDB / FLUSHALL
+                self._known.clear()
+                return False
+            for key in keys:
+                name = key.decode(self._encoding, "replace") if isinstance(key, bytes) else str(key)
+                if name.startswith(self.prefix):
+                    self._known.pop(name[len(self.prefix) :], None)
+            return False
+        if kind in (b"subscribe", "subscribe"):
+            return False
+        import redis
+
+        raise redis.RedisError(f"unexpected reply on the revocation watch: {type(reply).__name__}")
+
+    def _forget(self) -> None:
+        self._known.clear()
+        self._changes += 1
+
+    def _drop_watch(self) -> None:
+        watch, self._watch, self._watch_id = self._watch, None, None
+        self._forget()
+        if watch is not None:
+            # After a fork this closes the child's copy only: redis-py shuts the
+            # socket down only in the process that opened it.
+            watch.disconnect()
+
+    def _watch_failed(self, exc: Exception, now: float) -> None:
+        if self._last_warning is not None and now - self._last_warning < self.check_interval:
+            return
+        self._last_warning = now
+        log.warning(
+            "Revocation memory off (%s: %s): every lookup asks Redis until the watch is set up again",
+            type(exc).__name__,
+            exc,
+        )
+
+
+#: every RedisRevocationStore, to give each a new lock in a forked child.
+_REDIS_STORES: weakref.WeakSet[RedisRevocationStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent may have held a store's lock when it forked; that thread
+    # does not exist here. The watch itself is replaced at the next lookup (pid check).
+    for store in list(_REDIS_STORES):
+        store._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class SQLAlchemyRevocationStore:
@@ -391,6 +626,10 @@ class Auth:
     - ``BACKEND_AUTH_ROLES`` [admin, moderator, user]: role -> permissions.
     - ``BACKEND_AUTH_REVOCATION_REDIS_URL`` [None]; ``BACKEND_AUTH_REVOCATION_KEY_PREFIX``
       ["fbp:auth:revoked:"].
+    - ``BACKEND_AUTH_REVOCATION_CACHE`` [True]: remember lookups in each process, kept
+      true by Redis invalidation; ``BACKEND_AUTH_REVOCATION_CACHE_CHECK_INTERVAL`` [1 s]:
+      how often the invalidation connection is checked. Both apply to the store made
+      from ``BACKEND_AUTH_REVOCATION_REDIS_URL``.
     - ``BACKEND_AUTH_INSTANCE_SECRET`` [True]: generate a secret when none is set.
     """
 
@@ -431,6 +670,8 @@ class Auth:
         config.setdefault("BACKEND_AUTH_ROLES", {role: list(perms) for role, perms in DEFAULT_ROLES.items()})
         config.setdefault("BACKEND_AUTH_REVOCATION_REDIS_URL", None)
         config.setdefault("BACKEND_AUTH_REVOCATION_KEY_PREFIX", DEFAULT_REVOCATION_PREFIX)
+        config.setdefault("BACKEND_AUTH_REVOCATION_CACHE", True)
+        config.setdefault("BACKEND_AUTH_REVOCATION_CACHE_CHECK_INTERVAL", 1.0)
         config.setdefault("BACKEND_AUTH_INSTANCE_SECRET", True)
         state = _build_state(app, self.revocation_store, self.user_loader)
         register_state(app, EXTENSION_KEY, state)
@@ -546,10 +787,17 @@ def _build_state(
 
 
 def _revocation_store(config: t.Mapping[str, t.Any], given: RevocationStore | None) -> RevocationStore:
+    # Checked whichever store is used, so a wrong value fails at init_app.
+    cache = config_bool(config["BACKEND_AUTH_REVOCATION_CACHE"], "BACKEND_AUTH_REVOCATION_CACHE")
+    name = "BACKEND_AUTH_REVOCATION_CACHE_CHECK_INTERVAL"
+    check_interval = _config_seconds(config[name], name, 0, exclusive=True)
     url = _optional(config["BACKEND_AUTH_REVOCATION_REDIS_URL"])
     if url is not None:
         return RedisRevocationStore.from_url(
-            str(url), prefix=str(config["BACKEND_AUTH_REVOCATION_KEY_PREFIX"])
+            str(url),
+            prefix=str(config["BACKEND_AUTH_REVOCATION_KEY_PREFIX"]),
+            cache=cache,
+            check_interval=check_interval,
         )
     if given is None:
         raise RuntimeError(
@@ -798,7 +1046,7 @@ def _config_audience(value: t.Any, name: str) -> str | list[str] | None:
     raise ValueError(f"{name} must be a string or a non-empty list of strings")
 
 
-def _config_seconds(value: t.Any, name: str, minimum: float) -> float:
+def _config_seconds(value: t.Any, name: str, minimum: float, *, exclusive: bool = False) -> float:
     if isinstance(value, dt.timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, bool):
@@ -812,6 +1060,8 @@ def _config_seconds(value: t.Any, name: str, minimum: float) -> float:
             raise ValueError(f"{name} must be a number of seconds or a timedelta, got {value!r}") from None
     else:
         raise ValueError(f"{name} must be a number of seconds or a timedelta, got {type(value).__name__}")
+    if exclusive and not (math.isfinite(seconds) and seconds > minimum):
+        raise ValueError(f"{name} must be more than {minimum:g} seconds, got {value!r}")
     if not math.isfinite(seconds) or seconds < minimum:
         raise ValueError(f"{name} must be at least {minimum:g} seconds, got {value!r}")
     return seconds
@@ -979,7 +1229,8 @@ def decode_token(token: str, *, expected_type: TokenType | None = "access") -> d
 
 
 def revoke_token(claims: t.Mapping[str, t.Any]) -> None:
-    """Revoke the token whose decoded ``claims`` are given, until its ``exp``.
+    """Revoke the token whose decoded ``claims`` are given, until its ``exp`` plus
+    ``JWT_DECODE_LEEWAY``: decoding accepts it until then.
 
     :raises ValueError: ``claims`` lack a ``jti`` or an ``exp``.
     :raises ServiceUnavailableError: the revocation store does not answer (503).
@@ -987,7 +1238,8 @@ def revoke_token(claims: t.Mapping[str, t.Any]) -> None:
     jti, exp = claims.get("jti"), claims.get("exp")
     if not isinstance(jti, str) or not jti or isinstance(exp, bool) or not isinstance(exp, (int, float)):
         raise ValueError("revoke_token needs the decoded claims of a token, with 'jti' and 'exp'")
-    get_state().revocation_store.revoke(jti, int(exp))
+    state = get_state()
+    state.revocation_store.revoke(jti, math.ceil(exp + state.leeway))
 
 
 # -- the current caller ---------------------------------------------------------------

@@ -54,6 +54,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from ._extension import config_int
 from ._extension import lookup_state
 from ._extension import register_state
+from ._redis import DirectConnection
 from .repository import Filters
 from .repository import Include
 from .repository import Page
@@ -360,12 +361,15 @@ class _RedisStore:
         backend.serializer = t.cast(t.Any, _BytesSerializer())
         self.backend: BaseCache = backend
         self._owns_client = owns_client
+        self._direct = DirectConnection(client)
 
     def get(self, key: str) -> bytes | None:
         return t.cast("bytes | None", self.backend.get(key))
 
     def get_many(self, keys: t.Sequence[str]) -> list[bytes | None]:
-        return list(self.backend.get_many(*keys))
+        # The read of every hit: one MGET (the keys carry no RedisCache prefix), over
+        # this thread's own connection.
+        return list(self._direct.execute("MGET", *keys))
 
     def set(self, key: str, payload: bytes, ttl: int) -> None:
         self.backend.set(key, payload, timeout=ttl)
@@ -561,6 +565,12 @@ class RepositoryCacheState:
     def backend_kind(self) -> str:
         """``"redis"``, ``"simple"`` or ``"null"``."""
         return self.store.kind
+
+    @property
+    def stores_nothing(self) -> bool:
+        """True on ``NullCache``: reads go straight to the database, without keys,
+        versions, locks or encoding, whose work would be thrown away."""
+        return self.store.kind == "null"
 
     @property
     def backend(self) -> BaseCache:
@@ -1071,6 +1081,8 @@ def cached_response(*models: type[t.Any], ttl: int | None = None) -> t.Callable[
             if request.method not in ("GET", "HEAD") or "If-None-Match" in request.headers:
                 return view(*args, **kwargs)
             state = get_state()
+            if state.stores_nothing:
+                return state._load(functools.partial(view, *args, **kwargs))
             # The key is the route and its query string, normalised (sorted pairs, as
             # canonical JSON, then hashed): so the decorator may sit above the argument
             # parsing, and a hit skips it too. Only 200s are stored, so only a query that
@@ -1271,6 +1283,8 @@ class CachedRepository(t.Generic[ModelT]):
         decode: t.Callable[[t.Any], R],
     ) -> R:
         state = get_state()
+        if state.stores_nothing:
+            return state._load(load)
         namespaces = self._namespaces(include)
         if self._dirty(state, namespaces):
             # Uncommitted writes of this model in this session: read them, store nothing.

@@ -13,15 +13,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime as dt
-import functools
 import json
 import logging
+import random
 import re
 import sys
 import time
 import traceback
 import typing as t
-import uuid
 from dataclasses import dataclass
 from dataclasses import field
 
@@ -64,8 +63,12 @@ def is_valid_request_id(value: str | None) -> bool:
 
 
 def new_request_id() -> str:
-    """Make a fresh request id (32 hex characters)."""
-    return uuid.uuid4().hex
+    """Make a fresh request id (32 hex characters).
+
+    From :mod:`random` (reseeded in every forked worker): an id names a request in the
+    logs, it grants nothing, and ``os.urandom`` is a system call per request.
+    """
+    return f"{random.getrandbits(128):032x}"
 
 
 def get_request_id() -> str | None:
@@ -112,7 +115,14 @@ def redact(value: t.Any, keys: t.Sequence[str] = DEFAULT_REDACT_KEYS) -> t.Any:
     kind = type(value)
     if kind is dict:
         keys = tuple(keys)
-        return {k: REDACTED if _is_secret_key(str(k), keys) else redact(v, keys) for k, v in value.items()}
+        decided = _secret_key_decisions(keys)
+        out = {}
+        for k, v in value.items():
+            secret = decided.get(k)
+            if secret is None:
+                secret = _decide_secret_key(decided, k, keys)
+            out[k] = REDACTED if secret else v if type(v) in _PLAIN_TYPES else redact(v, keys)
+        return out
     if kind is str:
         if "eyJ" in value or _MAY_HOLD_CREDENTIAL.search(value):
             return _JWT_RE.sub(REDACTED, _BEARER_RE.sub(r"\1 " + REDACTED, value))
@@ -132,11 +142,28 @@ def redact(value: t.Any, keys: t.Sequence[str] = DEFAULT_REDACT_KEYS) -> t.Any:
 _PLAIN_TYPES = frozenset({int, float, bool})
 
 
-@functools.lru_cache(maxsize=4096)
-def _is_secret_key(key: str, secret_keys: tuple[str, ...]) -> bool:
-    # Log lines reuse a handful of key names: decided once per name, not per line.
-    lowered = key.lower()
-    return any(s in lowered for s in secret_keys)
+#: per tuple of secret key substrings, key name -> whether its value is masked. Log lines
+#: reuse a handful of key names: each is decided once, not per line.
+_DECISIONS: dict[tuple[str, ...], dict[t.Any, bool]] = {}
+_MAX_DECISIONS = 4096
+
+
+def _secret_key_decisions(secret_keys: tuple[str, ...]) -> dict[t.Any, bool]:
+    decided = _DECISIONS.get(secret_keys)
+    if decided is None:
+        if len(_DECISIONS) >= 64:  # key tuples come from config: a handful per process
+            _DECISIONS.clear()
+        decided = _DECISIONS[secret_keys] = {}
+    return decided
+
+
+def _decide_secret_key(decided: dict[t.Any, bool], key: t.Any, secret_keys: tuple[str, ...]) -> bool:
+    lowered = str(key).lower()
+    secret = any(s in lowered for s in secret_keys)
+    if len(decided) >= _MAX_DECISIONS:  # names made from data: keep the memory bounded
+        decided.clear()
+    decided[key] = secret
+    return secret
 
 
 class JsonFormatter(logging.Formatter):

@@ -33,7 +33,11 @@ from flask import request
 from flask import Response
 from flask_limiter import Limit
 from flask_limiter import Limiter
+from flask_limiter import RateLimitExceeded
+from flask_limiter import RequestLimit
+from flask_limiter._limits import RuntimeLimit
 from limits import parse_many
+from limits import RateLimitItem
 from limits.errors import ConfigurationError
 from limits.errors import StorageError
 from limits.storage import RedisStorage
@@ -47,6 +51,7 @@ from ._extension import config_int
 from ._extension import config_list
 from ._extension import lookup_state
 from ._extension import register_state
+from ._redis import DirectConnection
 from .errors import ApiError
 from .errors import ServiceUnavailableError
 
@@ -180,9 +185,8 @@ def _route_scope(_endpoint: str) -> str:
 def _is_exempt() -> bool:
     state = get_state()
     path = request.path
-    for exempt in state.exempt_paths:
-        if path == exempt or path.startswith(exempt.rstrip("/") + "/"):
-            return True
+    if path in state.exempt_paths or path.startswith(state.exempt_prefixes):
+        return True
     rule, _ = _find_rule()
     return rule is not None and rule.exempt
 
@@ -271,12 +275,13 @@ _ONE_TRIP = "fbp-one-trip+"
 
 
 class _OneTripRedisStorage(RedisStorage):
-    """limits' Redis storage, with one round trip a request instead of three.
+    """limits' Redis storage, with one lean round trip a request instead of three.
 
     Flask-Limiter counts a hit (a Lua script), then reads the count and the time left
     for the headers (``GET``, ``TTL``). Here the script returns the count and the time
     left together, and the request's later reads of that counter are answered from
-    them. Chosen for ``redis://`` and ``rediss://`` storage URIs.
+    them. The count goes over a :class:`~flask_backend_patterns._redis.DirectConnection`.
+    Chosen for ``redis://`` and ``rediss://`` storage URIs.
     """
 
     STORAGE_SCHEME = [f"{_ONE_TRIP}redis", f"{_ONE_TRIP}rediss"]
@@ -289,6 +294,7 @@ return {current, redis.call("pttl", KEYS[1])}
 """
 
     def __init__(self, uri: str, **options: t.Any) -> None:
+        self._direct: DirectConnection | None = None
         super().__init__(uri.removeprefix(_ONE_TRIP), **options)
 
     def initialize_storage(self, uri: str) -> None:
@@ -297,11 +303,24 @@ return {current, redis.call("pttl", KEYS[1])}
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         prefixed = self.prefixed_key(key)
-        current, ttl_ms = self.lua_incr_expire_ttl([prefixed], [expiry, amount])
+        current, ttl_ms = self._count(prefixed, expiry, amount)
         memo = self._memo()
         if memo is not None:
             memo[prefixed] = (int(current), time.time() + max(int(ttl_ms), 0) / 1000)
         return int(current)
+
+    def _count(self, key: str, expiry: int, amount: int) -> t.Any:
+        """The script's reply, over this thread's own connection."""
+        import redis
+
+        direct = self._direct
+        if direct is None:
+            direct = self._direct = DirectConnection(self.get_connection())
+        script = self.lua_incr_expire_ttl
+        try:
+            return direct.execute("EVALSHA", script.sha, 1, key, expiry, amount)
+        except redis.exceptions.NoScriptError:  # Redis restarted or flushed its scripts
+            return direct.execute("EVAL", script.script, 1, key, expiry, amount)
 
     def get(self, key: str) -> int:
         found = self._remembered(key)
@@ -332,15 +351,34 @@ return {current, redis.call("pttl", KEYS[1])}
 
 class _AppLimiter(Limiter):
     """Flask-Limiter's ``Limiter`` for one app, answering storage errors itself: the
-    request passes (fail open) or gets a 503, and the failure is logged, spaced out."""
+    request passes (fail open) or gets a 503, and the failure is logged, spaced out.
+
+    While the app's only limit is this part's default one (no ``limiter.limit``,
+    ``shared_limit``, application or meta limits, exemptions, ``on_breach``, none of
+    ``RATELIMIT_DEFAULTS_PER_METHOD``, ``_EXEMPT_WHEN``, ``_DEDUCT_WHEN``, ``_COST``), a request
+    is counted by :meth:`_check_default_limit`, which does what Flask-Limiter's
+    resolution would end in, without it; otherwise Flask-Limiter resolves the limits.
+    """
 
     def __init__(self, key_func: t.Callable[[], str], *, failures: StorageFailures, **kwargs: t.Any):
         self.failures = failures
+        self._parsed: dict[str, list[RateLimitItem]] = {}
         super().__init__(key_func, **kwargs)
 
     def _check_request_limit(self, callable_name: str | None = None, in_middleware: bool = True) -> None:
         try:
-            super()._check_request_limit(callable_name, in_middleware)
+            if in_middleware and callable_name is None and self._default_limit_only():
+                try:
+                    self._check_default_limit()
+                except StorageError:
+                    if not self._in_memory_fallback_enabled:
+                        raise
+                    # As Flask-Limiter does: count in memory from now on, this request too.
+                    log.warning("Rate limit storage unreachable - falling back to in-memory storage")
+                    self._storage_dead = True
+                    super()._check_request_limit(callable_name, in_middleware)
+            else:
+                super()._check_request_limit(callable_name, in_middleware)
         except StorageError as error:
             # Nothing was counted: no headers now, no deduction after the view.
             context = self.context
@@ -354,6 +392,77 @@ class _AppLimiter(Limiter):
                 ) from error
         else:
             self.failures.succeeded()
+
+    def _default_limit_only(self) -> bool:
+        """True while Flask-Limiter holds nothing but this part's default limit.
+
+        Reads Flask-Limiter's private attributes; one that a new release renamed reads as
+        present, which sends every request through Flask-Limiter's own resolution.
+        """
+        manager = getattr(self, "limit_manager", None)
+        if manager is None:
+            return False
+        missing = object()
+        for owner, name in _FLASK_LIMITER_STATE:
+            value = getattr(manager if owner == "manager" else self, name, missing)
+            if value is missing or value:
+                return False
+        defaults: t.Sequence[t.Any] = getattr(manager, "_default_limits", ())
+        if len(defaults) != 1:
+            return False
+        # RATELIMIT_DEFAULTS_PER_METHOD, _EXEMPT_WHEN, _DEDUCT_WHEN and _COST land here.
+        ours = defaults[0]
+        return not (ours.per_method or ours.exempt_when or ours.deduct_when) and ours.cost == 1
+
+    def _check_default_limit(self) -> None:
+        """Count the request against its route's limit, as Flask-Limiter would."""
+        endpoint = self.identify_request()  # "" unless enabled and initialized
+        if not endpoint or endpoint.rsplit(".", 1)[-1] == "static":
+            return
+        if any(exempt() for exempt in self._request_filters):
+            return
+        limit = _route_limit()
+        if not limit:
+            return
+        items = self._parsed.get(limit)
+        if items is None:
+            items = self._parsed[limit] = sorted(parse_many(limit))
+        method_scope = _route_scope(endpoint)
+        args = [rate_limit_key(), f"{endpoint}:{method_scope}" if method_scope else endpoint]
+        if self._key_prefix:
+            args.insert(0, self._key_prefix)
+        strategy = self.limiter
+        view_limits: list[RequestLimit] = []
+        breached: RequestLimit | None = None
+        for item in items:
+            passed = strategy.hit(item, *args)
+            view_limits.append(RequestLimit(self, item, args, not passed, False))
+            if not passed:
+                self.logger.info("ratelimit %s (%s) exceeded at endpoint: %s", item, args[-2], args[-1])
+                breached = breached or view_limits[-1]
+                if self._fail_on_first_breach:
+                    break
+        context = self.context
+        context.view_rate_limit = breached or view_limits[0]
+        context.view_rate_limits = view_limits
+        if breached is not None:
+            raise RateLimitExceeded(RuntimeLimit(breached.limit, rate_limit_key, _route_scope))
+
+
+#: Flask-Limiter's state that, when not empty, holds limits, exemptions or callbacks
+#: other than this part's default limit.
+_FLASK_LIMITER_STATE = (
+    ("limiter", "_storage_dead"),
+    ("limiter", "_meta_limits"),
+    ("limiter", "_on_breach"),
+    ("limiter", "_marked_for_limiting"),
+    ("manager", "_application_limits"),
+    ("manager", "_decorated_limits"),
+    ("manager", "_blueprint_limits"),
+    ("manager", "_route_exemptions"),
+    ("manager", "_blueprint_exemptions"),
+    ("manager", "_endpoint_hints"),
+)
 
 
 @dataclass
@@ -378,6 +487,11 @@ class RateLimitingState:
     retry_after_http_date: bool
     trusted_proxy_count: int
     storage_failures: StorageFailures = field(repr=False)
+    #: the paths below ``exempt_paths``: each with a trailing "/".
+    exempt_prefixes: tuple[str, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.exempt_prefixes = tuple(path.rstrip("/") + "/" for path in self.exempt_paths)
 
 
 def _identity_from(value: object, constructor: IdentityLoader | None) -> IdentityLoader | None:

@@ -444,6 +444,21 @@ def test_leeway_rejects_a_token_expired_more_than_leeway_ago():
     assert_unauthorized(call(make_app(JWT_DECODE_LEEWAY=30), "/me", token), "Token has expired")
 
 
+def test_a_revoked_token_stays_refused_through_the_leeway():
+    # Expired 2 s ago, inside a leeway of 30 s: decoding still accepts it, so its
+    # revocation must outlive its exp (the store keeps a key until the time it is given).
+    store = new_store()
+    app = make_app(store=store, JWT_DECODE_LEEWAY=30)
+    now = int(time.time())
+    claims = claims_now(aud=DROP, iss=DROP, exp=now - 2)
+    token = sign(claims)
+    assert call(app, "/me", token).status_code == 200
+    with app.app_context():
+        revoke_token(claims)
+    assert store.client.ttl(store.key(claims["jti"])) > 20
+    assert_unauthorized(call(app, "/me", token), "Token has been revoked")
+
+
 def test_leeway_applies_to_nbf_at_its_edge():
     app = make_app(JWT_DECODE_LEEWAY="30")
     now = int(time.time())
@@ -853,6 +868,19 @@ def test_secrets_and_tokens_are_never_logged(strict_app, caplog):
         ({"JWT_ENCODE_AUDIENCE": 7}, ValueError, "JWT_ENCODE_AUDIENCE"),
         ({"BACKEND_AUTH_ROLES": ["admin"]}, ValueError, "BACKEND_AUTH_ROLES must be a mapping"),
         ({"BACKEND_AUTH_INSTANCE_SECRET": "maybe", "JWT_SECRET_KEY": None}, ValueError, "must be a boolean"),
+        (
+            {"BACKEND_AUTH_REVOCATION_CACHE": "maybe"},
+            ValueError,
+            "BACKEND_AUTH_REVOCATION_CACHE must be a boolean",
+        ),
+        ({"BACKEND_AUTH_REVOCATION_CACHE": 2}, ValueError, "BACKEND_AUTH_REVOCATION_CACHE must be a boolean"),
+        ({"BACKEND_AUTH_REVOCATION_CACHE_CHECK_INTERVAL": 0}, ValueError, "more than 0 seconds"),
+        ({"BACKEND_AUTH_REVOCATION_CACHE_CHECK_INTERVAL": "0"}, ValueError, "more than 0 seconds"),
+        ({"BACKEND_AUTH_REVOCATION_CACHE_CHECK_INTERVAL": -1}, ValueError, "more than 0 seconds"),
+        ({"BACKEND_AUTH_REVOCATION_CACHE_CHECK_INTERVAL": "soon"}, ValueError, "_CHECK_INTERVAL must be a"),
+        ({"BACKEND_AUTH_REVOCATION_CACHE_CHECK_INTERVAL": True}, ValueError, "_CHECK_INTERVAL must be a"),
+        ({"BACKEND_AUTH_REVOCATION_CACHE_CHECK_INTERVAL": float("inf")}, ValueError, "more than 0 seconds"),
+        ({"BACKEND_AUTH_REVOCATION_CACHE_CHECK_INTERVAL": None}, ValueError, "_CHECK_INTERVAL"),
     ],
 )
 def test_wrong_config_fails_at_init_app(config, error, match, tmp_path):
@@ -938,6 +966,64 @@ def test_redis_url_config_makes_a_redis_store_and_beats_the_constructor():
     assert store.key("abc") == "market:revoked:abc"
     assert store.client.connection_pool.connection_kwargs["db"] == 7
     store.client.close()
+
+
+def test_revocation_cache_config_reaches_the_redis_store():
+    app = Flask(__name__)
+    app.config.update(
+        TESTING=True,
+        JWT_SECRET_KEY=SECRET,
+        BACKEND_AUTH_REVOCATION_REDIS_URL="redis://127.0.0.1:6379/7",
+        BACKEND_AUTH_REVOCATION_CACHE="false",
+        BACKEND_AUTH_REVOCATION_CACHE_CHECK_INTERVAL=dt.timedelta(milliseconds=250),
+    )
+    Auth(app)
+    store = get_state(app).revocation_store
+    assert (store.cache, store.check_interval) == (False, 0.25)
+    store.client.close()
+    defaults = make_app()
+    assert defaults.config["BACKEND_AUTH_REVOCATION_CACHE"] is True
+    assert defaults.config["BACKEND_AUTH_REVOCATION_CACHE_CHECK_INTERVAL"] == 1.0
+    store = RedisRevocationStore.from_url("redis://127.0.0.1:6379/7")
+    assert (store.cache, store.check_interval) == (True, 1.0)
+    store.client.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"check_interval": 0}, "check_interval"),
+        ({"check_interval": -1.0}, "check_interval"),
+        ({"check_interval": float("nan")}, "check_interval"),
+        ({"check_interval": "1"}, "check_interval"),
+        ({"check_interval": True}, "check_interval"),
+        ({"cache_size": 0}, "cache_size"),
+    ],
+)
+def test_redis_store_refuses_a_bad_check_interval_or_size(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RedisRevocationStore(fakeredis.FakeRedis(server=fakeredis.FakeServer()), **kwargs)
+
+
+def test_a_client_that_cannot_track_asks_redis_every_time_with_one_warning(caplog, monkeypatch):
+    # fakeredis has no CLIENT TRACKING: the watch cannot be set up.
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    store = RedisRevocationStore(client, check_interval=3600)
+    calls = []
+    real_exists = client.exists
+    monkeypatch.setattr(client, "exists", lambda *keys: calls.append(keys) or real_exists(*keys))
+    setups = []
+    real_open = store._open_watch
+    monkeypatch.setattr(store, "_open_watch", lambda now: setups.append(now) or real_open(now))
+    with caplog.at_level(logging.WARNING, logger="flask_backend_patterns.auth"):
+        assert [store.is_revoked("j1") for _ in range(3)] == [False] * 3
+        store.revoke("j1", int(time.time()) + 60)
+        assert store.is_revoked("j1") is True
+    assert len(calls) == 4  # no memory: each lookup asked
+    assert len(setups) == 1  # one set-up tried, not one per lookup
+    warnings = [r for r in caplog.records if "Revocation memory off" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    assert "ResponseError" in warnings[0].getMessage()
 
 
 def test_redis_store_ttl_is_the_token_remaining_life():

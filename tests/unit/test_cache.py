@@ -30,6 +30,7 @@ from flask_caching.backends import SimpleCache
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import orm
 
+from flask_backend_patterns import cache as cache_module
 from flask_backend_patterns.cache import cache_health
 from flask_backend_patterns.cache import CachedRepository
 from flask_backend_patterns.cache import get_state
@@ -338,6 +339,31 @@ def test_null_cache_type_caches_nothing(make_app: t.Any) -> None:
             repo.find_by_id(wid)
         assert len(queries) == 1
         assert get_state().backend_kind == "null"
+
+
+def test_null_cache_reads_without_touching_the_backend(make_app: t.Any, monkeypatch: t.Any) -> None:
+    app = make_app("simple", CACHE_TYPE="NullCache")
+    with app.app_context():
+        (wid,) = add_widgets("a")
+        state = get_state()
+        assert state.stores_nothing
+
+        def untouched(*args: t.Any, **kwargs: t.Any) -> t.Any:
+            raise AssertionError("a NullCache read went to the backend")
+
+        for name in ("get", "get_many", "set", "versions"):
+            monkeypatch.setattr(state.store, name, untouched, raising=False)
+        monkeypatch.setattr(cache_module, "_canonical", untouched)  # no key is even built
+        repo = widgets()
+        loads = state.stats.snapshot()["loads"]
+        assert repo.find_by_id(wid).name == "a"
+        assert [w.name for w in repo.find_all()] == ["a"]
+        assert state.stats.snapshot()["loads"] == loads + 2
+    calls: list[str] = []
+    add_widget_views(app, calls)
+    client = app.test_client()
+    assert [client.get(f"/widgets/{wid}").get_json()["name"] for _ in range(2)] == ["a", "a"]
+    assert calls == [f"one {wid}", f"one {wid}"]  # the view runs every time
 
 
 # -- invalidation on every write path ---------------------------------------------------------
@@ -1172,3 +1198,33 @@ def test_cached_response_keeps_the_view_headers_and_never_stores_cookies_or_vary
         assert client.get("/linked").headers["Link"] == '</next>; rel="next"'
         client.get("/personal")
     assert calls == ["linked", "personal", "personal"]
+
+
+def test_a_response_hit_is_one_mget_and_a_repository_hit_two_commands(
+    make_app: t.Any, shared_kind: str, monkeypatch: t.Any
+) -> None:
+    import redis.connection
+
+    calls: list[str] = []
+    app = make_app(shared_kind)
+    add_widget_views(app, calls)
+    with app.app_context():
+        (wid,) = add_widgets("a")
+        repo = widgets()
+        repo.find_by_id(wid)  # stored
+    client = app.test_client()
+    client.get(f"/widgets/{wid}")  # stored
+    commands: list[str] = []
+    original = redis.connection.AbstractConnection.send_command
+
+    def counting(self: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:  # every command of every client
+        commands.append(str(args[0]).upper())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_command", counting)
+    with app.app_context():
+        assert widgets().find_by_id(wid).name == "a"
+    assert commands == ["MGET", "GET"]  # the versions, then the value keyed on them
+    commands.clear()
+    assert client.get(f"/widgets/{wid}").get_json()["name"] == "a"
+    assert commands == ["MGET"] and calls == [f"one {wid}"]

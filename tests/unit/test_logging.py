@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import threading
 
 import pytest
@@ -16,6 +17,7 @@ from flask_backend_patterns.logging import configure_json_logging
 from flask_backend_patterns.logging import get_request_id
 from flask_backend_patterns.logging import is_valid_request_id
 from flask_backend_patterns.logging import JsonFormatter
+from flask_backend_patterns.logging import new_request_id
 from flask_backend_patterns.logging import redact
 from flask_backend_patterns.logging import RequestLogging
 from flask_backend_patterns.logging import set_log_context
@@ -232,3 +234,32 @@ def test_log_context_set_in_a_bound_block_ends_with_it(lines):
     log.info("after")
     inside, after = lines()[-2:]
     assert inside["user_id"] == "u9" and "user_id" not in after
+
+
+def test_new_request_ids_are_well_formed_unique_and_differ_in_a_forked_worker():
+    ids = {new_request_id() for _ in range(10_000)}
+    assert len(ids) == 10_000 and all(len(i) == 32 and is_valid_request_id(i) for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a gunicorn worker forked from the same parent
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    assert len(child) == 32 and child != new_request_id()
+
+
+def test_redaction_decides_each_key_name_once_and_stays_bounded():
+    from flask_backend_patterns import logging as fbp_logging
+
+    keys = ("password", "token")
+    assert redact({"Password": "x", "user": {"api_TOKEN": "y", "n": 1}}, keys) == {
+        "Password": "[REDACTED]",
+        "user": {"api_TOKEN": "[REDACTED]", "n": 1},
+    }
+    decided = fbp_logging._secret_key_decisions(keys)
+    assert decided["Password"] is True and decided["user"] is False
+    redact({f"field{i}": i for i in range(fbp_logging._MAX_DECISIONS + 10)}, keys)
+    assert len(decided) <= fbp_logging._MAX_DECISIONS

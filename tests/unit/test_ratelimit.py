@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import fakeredis
 import pytest
 import redis
+import redis.connection
 from flask import Blueprint
 from flask import Flask
 from flask import g
@@ -472,13 +473,13 @@ def test_redis_storage_makes_one_round_trip_a_request(monkeypatch):
     client = make_app(RATELIMIT_DEFAULT="5 per minute", **fake_redis_config(server)).test_client()
     client.get("/items")  # loads the script
     commands: list[str] = []
-    original = redis.Redis.execute_command
+    original = redis.connection.AbstractConnection.send_command
 
-    def counting(self, *args, **kwargs):
+    def counting(self, *args, **kwargs):  # every command of every client goes through here
         commands.append(str(args[0]))
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(redis.Redis, "execute_command", counting)
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_command", counting)
     response = client.get("/items")
     assert commands == ["EVALSHA"]
     # The headers come from that one call: the second of five hits, the window's time left.
@@ -554,3 +555,164 @@ def test_bad_storage_configuration_fails_at_init_and_leaves_app_unregistered():
     app.config["RATELIMIT_STORAGE_OPTIONS"] = {"wrap_exceptions": False}
     with pytest.raises(ValueError, match="wrap_exceptions"):
         RateLimiting(app)
+
+
+# --- the default limit's own path vs Flask-Limiter's resolution ----------------------------
+
+PARITY_REQUESTS = [
+    ("GET", "/items", {}),
+    ("GET", "/items", {"X-User": "7"}),
+    ("GET", "/login", {}),
+    ("GET", "/dynamic?strict=1", {}),
+    ("GET", "/things", {}),
+    ("POST", "/things", {}),
+    ("GET", "/orders", {}),
+    ("GET", "/admin/report", {}),
+    ("GET", "/admin/ping", {}),
+    ("GET", "/internal/stats", {}),
+    ("GET", "/open", {}),
+    ("GET", "/nowhere", {}),
+]
+
+
+def _run_parity(monkeypatch, force_flask_limiter):
+    from flask_backend_patterns import ratelimit
+
+    if force_flask_limiter:
+        monkeypatch.setattr(ratelimit._AppLimiter, "_default_limit_only", lambda self: False)
+    server = fakeredis.FakeServer()
+    app = make_app(
+        RATELIMIT_KEY_PREFIX="p", BACKEND_RATELIMIT_IDENTITY=user_from_header, **fake_redis_config(server)
+    )
+    client = app.test_client()
+    seen = []
+    for _ in range(3):  # through the limits, to the 429s
+        for method, path, headers in PARITY_REQUESTS:
+            response = client.open(path, method=method, headers=headers)
+            seen.append(
+                (method, path, response.status_code)
+                + tuple(
+                    response.headers.get(h) for h in ("RateLimit-Limit", "RateLimit-Remaining", "Retry-After")
+                )
+            )
+    keys = fakeredis.FakeRedis(server=server)
+    counters = {key: keys.get(key) for key in keys.keys("*")}
+    return seen, counters
+
+
+def test_default_limit_path_counts_and_answers_as_flask_limiter_does(monkeypatch):
+    ours = _run_parity(monkeypatch, force_flask_limiter=False)
+    monkeypatch.undo()
+    theirs = _run_parity(monkeypatch, force_flask_limiter=True)
+    assert ours == theirs
+    statuses_seen = {row[2] for row in ours[0]}
+    assert {200, 404, 429} <= statuses_seen and len(ours[1]) >= 8  # the run did reach every case
+
+
+def test_default_limit_path_is_taken_until_flask_limiter_holds_a_limit_of_its_own(monkeypatch):
+    from flask_limiter import Limiter
+
+    resolved = []
+    original = Limiter._check_request_limit
+
+    def spy(self, *args, **kwargs):
+        resolved.append(request.path)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Limiter, "_check_request_limit", spy)
+    app = make_app()
+    assert app.test_client().get("/items").status_code == 200
+    assert resolved == []  # counted without Flask-Limiter's resolution
+
+    app = Flask("native")
+    app.config.update(TESTING=True, BACKEND_LOGGING_CONFIGURE=False, RATELIMIT_DEFAULT="5 per minute")
+    ErrorHandler(app)
+    RateLimiting(app)
+    limiter = get_state(app).limiter
+
+    @app.get("/native")
+    @limiter.limit("1 per minute")
+    def native():
+        return {"ok": True}
+
+    @app.get("/plain")
+    def plain():
+        return {"ok": True}
+
+    client = app.test_client()
+    assert statuses(client, "/native", 2) == [200, 429]  # Flask-Limiter's own limit holds
+    plain_response = client.get("/plain")
+    assert (
+        plain_response.headers["RateLimit-Limit"] == "5"
+        and plain_response.headers["RateLimit-Remaining"] == "4"
+    )
+    # All through Flask-Limiter now (its decorator checks /native a second time, in the view).
+    assert set(resolved) == {"/native", "/plain"} and resolved.count("/plain") == 1
+
+
+def test_flask_limiter_still_has_the_state_the_default_limit_path_reads():
+    from flask_backend_patterns.ratelimit import _FLASK_LIMITER_STATE
+
+    limiter = get_state(make_app()).limiter
+    for owner, name in _FLASK_LIMITER_STATE:
+        assert hasattr(limiter.limit_manager if owner == "manager" else limiter, name), name
+    assert len(limiter.limit_manager._default_limits) == 1
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"RATELIMIT_DEFAULTS_PER_METHOD": True},
+        {"RATELIMIT_DEFAULTS_COST": 2},
+        {"RATELIMIT_DEFAULTS_EXEMPT_WHEN": lambda: request.args.get("free") == "1"},
+        {"RATELIMIT_DEFAULTS_DEDUCT_WHEN": lambda response: response.status_code == 200},
+        {"RATELIMIT_APPLICATION": "100 per minute"},
+    ],
+    ids=["per_method", "cost", "exempt_when", "deduct_when", "application"],
+)
+def test_flask_limiter_default_options_keep_their_meaning(config):
+    app = make_app(RATELIMIT_DEFAULT="4 per minute", **config)
+    assert not get_state(app).limiter._default_limit_only()
+    client = app.test_client()
+    if "RATELIMIT_DEFAULTS_COST" in config:
+        assert statuses(client, "/items", 3) == [200, 200, 429]  # 2 a request out of 4
+    elif "RATELIMIT_DEFAULTS_EXEMPT_WHEN" in config:
+        assert statuses(client, "/items?free=1", 6) == [200] * 6
+        assert statuses(client, "/items", 5) == [200] * 4 + [429]
+    elif "RATELIMIT_DEFAULTS_PER_METHOD" in config:
+        assert statuses(client, "/things", 4) == [200] * 4
+        assert client.get("/things").status_code == 429
+        assert client.post("/things").status_code == 200  # POST /things has its own 1/minute
+    else:
+        assert statuses(client, "/items", 5) == [200] * 4 + [429]
+
+
+def test_a_connection_closed_under_the_count_is_retried_once_on_a_new_one(caplog):
+    server = fakeredis.FakeServer()
+    app = make_app(RATELIMIT_DEFAULT="5 per minute", **fake_redis_config(server))
+    client = app.test_client()
+    assert client.get("/items").headers["RateLimit-Remaining"] == "4"
+    storage = get_state(app).limiter.storage
+    connection = storage._direct.connection()
+    real_send = connection.send_command
+    failures = []
+
+    def closed_once(*args, **kwargs):
+        if not failures:
+            failures.append(args[0])
+            raise redis.ConnectionError("Connection closed by server.")
+        return real_send(*args, **kwargs)
+
+    connection.send_command = closed_once
+    response = client.get("/items")
+    assert failures == ["EVALSHA"]
+    assert response.headers["RateLimit-Remaining"] == "3"  # counted, on the second try
+    assert not [r for r in caplog.records if r.name == RATELIMIT_LOGGER and r.levelno >= logging.WARNING]
+
+    def always_closed(*args, **kwargs):
+        raise redis.ConnectionError("Connection refused.")
+
+    connection.send_command = always_closed
+    response = client.get("/items")  # twice closed: a storage failure, the request passes
+    assert response.status_code == 200 and "RateLimit-Remaining" not in response.headers
+    assert any("Rate limit storage unavailable" in r.getMessage() for r in caplog.records)
