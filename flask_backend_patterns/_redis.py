@@ -1,10 +1,70 @@
-"""A lean path for the one or two Redis commands a request makes."""
+"""A lean path for the one or two Redis commands a request makes.
+
+:class:`DirectConnection` sends a command without redis-py's per-command layers, and
+:func:`prefetch` lets one part of a request put a read on the round trip another part
+makes anyway: the response cache's ``MGET`` rides with the rate limiter's count when
+both use the same Redis server and database, so a cached response costs the request one
+round trip, not two.
+"""
 
 from __future__ import annotations
 
 import os
 import threading
 import typing as t
+
+from flask import has_request_context
+from flask import request
+
+_PREFETCH_ENVIRON_KEY = "flask_backend_patterns.redis.prefetch"
+#: connection settings that change how a connection waits or retries, not where a
+#: command goes or how its reply reads: two clients that differ only in these share.
+_NOT_SERVER_KEYS = frozenset(
+    {
+        "socket_timeout",
+        "socket_connect_timeout",
+        "socket_keepalive",
+        "socket_keepalive_options",
+        "retry",
+        "retry_on_timeout",
+        "retry_on_error",
+        "health_check_interval",
+        "client_name",
+        "lib_name",
+        "lib_version",
+        "event_dispatcher",
+    }
+)
+
+
+class Prefetch:
+    """A command waiting to ride along with the request's next round trip to its server."""
+
+    __slots__ = ("args", "done", "reply", "server")
+
+    def __init__(self, server: tuple[t.Any, ...], args: tuple[t.Any, ...]) -> None:
+        self.server, self.args = server, args
+        self.done = False
+        #: the reply, or the ``redis.ResponseError`` Redis answered with.
+        self.reply: t.Any = None
+
+
+def _server_of(pool: t.Any) -> tuple[t.Any, ...]:
+    """What two DirectConnections must share to carry each other's commands: the
+    connection class and every setting but :data:`_NOT_SERVER_KEYS` (objects, such as
+    a credential provider or an SSL context, by identity)."""
+    settings = sorted(
+        (name, _identity(value))
+        for name, value in pool.connection_kwargs.items()
+        if name not in _NOT_SERVER_KEYS
+    )
+    return (pool.connection_class, *settings)
+
+
+def _identity(value: t.Any) -> t.Any:
+    return (
+        value if value is None or isinstance(value, str | int | float | bool | bytes) else ("id", id(value))
+    )
 
 
 class DirectConnection:
@@ -23,6 +83,7 @@ class DirectConnection:
 
     def __init__(self, client: t.Any) -> None:
         self.pool = client.connection_pool
+        self.server = _server_of(self.pool)
         self._local = threading.local()
 
     def connection(self) -> t.Any:
@@ -33,21 +94,59 @@ class DirectConnection:
             local.pid = pid
         return local.connection
 
+    def prefetch(self, *args: t.Any) -> Prefetch | None:
+        """Queue ``args`` (a read) for the current request's next :meth:`execute` on any
+        DirectConnection to the same server and database; None outside a request.
+
+        Take the reply with :meth:`take`; if no command went to that server meanwhile,
+        :meth:`take` finds nothing and the caller sends the read itself.
+        """
+        if not has_request_context():
+            return None
+        item = Prefetch(self.server, args)
+        request.environ.setdefault(_PREFETCH_ENVIRON_KEY, []).append(item)
+        return item
+
+    def take(self, *args: t.Any) -> Prefetch | None:
+        """The prefetch of exactly ``args`` in this request, removed; returned if it was
+        answered, else None (then the caller sends the read itself)."""
+        if not has_request_context():
+            return None
+        pending: list[Prefetch] | None = request.environ.get(_PREFETCH_ENVIRON_KEY)
+        if not pending:
+            return None
+        for i, item in enumerate(pending):
+            if item.server == self.server and item.args == args:
+                del pending[i]
+                return item if item.done and not isinstance(item.reply, Exception) else None
+        return None
+
     def execute(self, *args: t.Any) -> t.Any:
-        """Send ``args`` (``"MGET", key, ...``) and return the reply.
+        """Send ``args`` (``"EVALSHA", ...``) with the request's prefetches for this
+        server, and return the reply to ``args``.
 
         :raises redis.ResponseError: Redis answered with an error (the connection stays).
         :raises redis.RedisError: Redis could not be reached or did not answer.
         """
         import redis
 
+        riders = self._riders()
         connection = self.connection()
         for attempt in (1, 2):
             try:
-                connection.send_command(*args, check_health=False)
-                return connection.read_response()
+                if not riders:
+                    connection.send_command(*args, check_health=False)
+                    return connection.read_response()
+                commands = [args, *(item.args for item in riders)]
+                connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+                replies = [_read_one(connection) for _ in commands]
+                for item, reply in zip(riders, replies[1:], strict=True):
+                    item.reply, item.done = reply, True
+                if isinstance(replies[0], redis.ResponseError):
+                    raise replies[0]
+                return replies[0]
             except redis.ResponseError:
-                raise  # a whole reply was read: the connection is fine
+                raise  # whole replies were read: the connection is fine
             except redis.ConnectionError:
                 connection.disconnect()
                 if attempt == 2:
@@ -56,3 +155,20 @@ class DirectConnection:
                 connection.disconnect()  # a reply may be half read
                 raise
         raise AssertionError("unreachable")
+
+    def _riders(self) -> list[Prefetch]:
+        if not has_request_context():
+            return []
+        pending: list[Prefetch] | None = request.environ.get(_PREFETCH_ENVIRON_KEY)
+        if not pending:
+            return []
+        return [item for item in pending if not item.done and item.server == self.server]
+
+
+def _read_one(connection: t.Any) -> t.Any:
+    import redis
+
+    try:
+        return connection.read_response()
+    except redis.ResponseError as error:
+        return error

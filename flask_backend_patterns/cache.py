@@ -40,6 +40,7 @@ from dataclasses import field
 
 import sqlalchemy as sa
 from cachelib.serializers import BaseSerializer
+from flask import current_app
 from flask import Flask
 from flask import request
 from flask import Response
@@ -335,6 +336,9 @@ class _Store(t.Protocol):
 
     def get_many(self, keys: t.Sequence[str]) -> list[bytes | None]: ...
 
+    def prefetch_many(self, keys: t.Sequence[str]) -> None:
+        """Let ``get_many(keys)`` ride along with the request's next Redis command."""
+
     def set(self, key: str, payload: bytes, ttl: int) -> None: ...
 
     def versions(self, keys: t.Sequence[str]) -> list[int]: ...
@@ -368,8 +372,14 @@ class _RedisStore:
 
     def get_many(self, keys: t.Sequence[str]) -> list[bytes | None]:
         # The read of every hit: one MGET (the keys carry no RedisCache prefix), over
-        # this thread's own connection.
+        # this thread's own connection, unless it rode along with an earlier command.
+        prefetched = self._direct.take("MGET", *keys)
+        if prefetched is not None:
+            return list(prefetched.reply)
         return list(self._direct.execute("MGET", *keys))
+
+    def prefetch_many(self, keys: t.Sequence[str]) -> None:
+        self._direct.prefetch("MGET", *keys)
 
     def set(self, key: str, payload: bytes, ttl: int) -> None:
         self.backend.set(key, payload, timeout=ttl)
@@ -445,6 +455,9 @@ class _LocalStore:
 
     def get(self, key: str) -> bytes | None:
         return t.cast("bytes | None", self.backend.get(key))
+
+    def prefetch_many(self, keys: t.Sequence[str]) -> None:
+        return None  # in process: nothing to save
 
     def get_many(self, keys: t.Sequence[str]) -> list[bytes | None]:
         return list(self.backend.get_many(*keys))
@@ -717,10 +730,8 @@ class RepositoryCacheState:
         versions would be.
         """
         self._recover()
-        digest = hashlib.sha256(json.dumps([kind, query]).encode()).hexdigest()
-        key = f"{self.key_prefix}:{namespaces[0]}:{kind}:{digest}"
-        version_keys = [self._version_key(n) for n in namespaces]
-        found = self._call(functools.partial(self.store.get_many, [*version_keys, key]))
+        *version_keys, key = keys = self._versioned_keys(namespaces, kind, query)
+        found = self._call(functools.partial(self.store.get_many, keys))
         if found is _FAILED:
             return self._load(load)
         *raw_versions, payload = found
@@ -749,6 +760,22 @@ class RepositoryCacheState:
 
         current = versions
         return self._read_through(key, ttl, load, lambda value: pack(value, current), unpack_current)
+
+    def _versioned_keys(self, namespaces: t.Sequence[str], kind: str, query: str) -> list[str]:
+        """The version keys of ``namespaces``, then the value's key: what a hit reads."""
+        digest = hashlib.sha256(json.dumps([kind, query]).encode()).hexdigest()
+        return [
+            *(self._version_key(n) for n in namespaces),
+            f"{self.key_prefix}:{namespaces[0]}:{kind}:{digest}",
+        ]
+
+    def _prefetch_versioned(self, namespaces: t.Sequence[str], kind: str, query: str) -> None:
+        """Let the ``MGET`` of :meth:`_read_versioned` ride along with the request's next
+        Redis command (the rate limiter's count), when the backend answers."""
+        down_until = self._down_until
+        if down_until is not None and self.clock() < down_until:
+            return
+        self.store.prefetch_many(self._versioned_keys(namespaces, kind, query))
 
     def _read_through(
         self,
@@ -1029,6 +1056,9 @@ class RepositoryCache:
         except RuntimeError:
             state.close()
             raise
+        # First of all hooks, so that the hit's read is queued before any part (the
+        # rate limiter) makes its round trip to Redis.
+        app.before_request_funcs.setdefault(None, []).insert(0, _prefetch_response)
 
 
 def get_state(app: Flask | None = None) -> RepositoryCacheState:
@@ -1083,32 +1113,67 @@ def cached_response(*models: type[t.Any], ttl: int | None = None) -> t.Callable[
             state = get_state()
             if state.stores_nothing:
                 return state._load(functools.partial(view, *args, **kwargs))
-            # The key is the route and its query string, normalised (sorted pairs, as
-            # canonical JSON, then hashed): so the decorator may sit above the argument
-            # parsing, and a hit skips it too. Only 200s are stored, so only a query that
-            # parsed and validated once is ever answered from the cache.
-            query = _canonical(
-                {
-                    "endpoint": request.endpoint,
-                    "view_args": request.view_args or {},
-                    # By name only: a sort is stable, so a repeated parameter keeps
-                    # the order of its values, which the parsing may depend on.
-                    "query": sorted(request.args.items(multi=True), key=lambda pair: pair[0]),
-                }
-            )
             return state._read_versioned(
                 namespaces,
                 "response",
-                query,
+                _response_query(),
                 ttl if ttl is not None else state.ttl,
                 lambda: _Uncacheable.wrap(view(*args, **kwargs)),
                 _pack_response,
                 _unpack_response,
             ).response
 
+        setattr(wrapper, _CACHED_RESPONSE_ATTR, namespaces)
         return t.cast(F, wrapper)
 
     return decorator
+
+
+_CACHED_RESPONSE_ATTR = "_fbp_cached_response"
+
+
+def _response_query() -> str:
+    """The key of the current request's response, before hashing.
+
+    The route and its query string, normalised (sorted pairs, as canonical JSON): so
+    :func:`cached_response` may sit above the argument parsing, and a hit skips it
+    too. Only 200s are stored, so only a query that parsed and validated once is ever
+    answered from the cache.
+    """
+    return _canonical(
+        {
+            "endpoint": request.endpoint,
+            "view_args": request.view_args or {},
+            # By name only: a sort is stable, so a repeated parameter keeps the order of
+            # its values, which the parsing may depend on.
+            "query": sorted(request.args.items(multi=True), key=lambda pair: pair[0]),
+        }
+    )
+
+
+def _cached_response_namespaces() -> list[str] | None:
+    """The namespaces of the current request's ``cached_response`` view, if it has one."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    view_class = getattr(view, "view_class", None)
+    if view_class is not None:
+        method = request.method.lower()
+        view = getattr(view_class, method, None) or (
+            getattr(view_class, "get", None) if method == "head" else None
+        )
+    return getattr(view, _CACHED_RESPONSE_ATTR, None)
+
+
+def _prefetch_response() -> None:
+    """``before_request``, first: put the ``MGET`` of a ``cached_response`` hit on the
+    rate limiter's round trip to the same Redis (it is sent only if one is made)."""
+    if request.method not in ("GET", "HEAD") or "If-None-Match" in request.headers:
+        return
+    namespaces = _cached_response_namespaces()
+    if namespaces is None:
+        return
+    state = get_state()
+    if not state.stores_nothing:
+        state._prefetch_versioned(namespaces, "response", _response_query())
 
 
 @dataclass

@@ -197,3 +197,26 @@ def auth_header(app: t.Any) -> t.Callable[..., dict[str, str]]:
         return {"Authorization": f"Bearer {token}"}
 
     return header
+
+
+@pytest.fixture
+def redis_trips(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Every round trip any redis-py connection makes from now on, as the list of the
+    command names it carried (a pipeline's several, a plain command's one)."""
+    from redis.connection import AbstractConnection
+
+    trips: list[list[str]] = []
+    send_command, pack_commands = AbstractConnection.send_command, AbstractConnection.pack_commands
+
+    def one(self: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        trips.append([str(args[0]).upper()])
+        return send_command(self, *args, **kwargs)
+
+    def several(self: t.Any, commands: t.Any) -> t.Any:
+        commands = list(commands)
+        trips.append([str(command[0]).upper() for command in commands])
+        return pack_commands(self, commands)
+
+    monkeypatch.setattr(AbstractConnection, "send_command", one)
+    monkeypatch.setattr(AbstractConnection, "pack_commands", several)
+    return trips

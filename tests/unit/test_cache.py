@@ -209,7 +209,7 @@ def make_app(tmp_path: t.Any, fake_server: fakeredis.FakeServer) -> t.Iterator[t
         )
         client = None
         if cache == "fakeredis":
-            client = fakeredis.FakeRedis(server=fake_server)
+            client = fakeredis.FakeRedis(server=fake_server, host=FAKE_HOST)
         elif cache == "redis":  # the test asked for the real_redis fixture (through its kind)
             app.config["CACHE_REDIS_URL"] = REAL_REDIS_URL
         elif cache == "down":
@@ -1201,30 +1201,78 @@ def test_cached_response_keeps_the_view_headers_and_never_stores_cookies_or_vary
 
 
 def test_a_response_hit_is_one_mget_and_a_repository_hit_two_commands(
-    make_app: t.Any, shared_kind: str, monkeypatch: t.Any
+    make_app: t.Any, shared_kind: str, redis_trips: list[list[str]]
 ) -> None:
-    import redis.connection
-
     calls: list[str] = []
     app = make_app(shared_kind)
     add_widget_views(app, calls)
     with app.app_context():
         (wid,) = add_widgets("a")
-        repo = widgets()
-        repo.find_by_id(wid)  # stored
+        widgets().find_by_id(wid)  # stored
     client = app.test_client()
     client.get(f"/widgets/{wid}")  # stored
-    commands: list[str] = []
-    original = redis.connection.AbstractConnection.send_command
-
-    def counting(self: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:  # every command of every client
-        commands.append(str(args[0]).upper())
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_command", counting)
+    redis_trips.clear()
     with app.app_context():
         assert widgets().find_by_id(wid).name == "a"
-    assert commands == ["MGET", "GET"]  # the versions, then the value keyed on them
-    commands.clear()
+    assert redis_trips == [["MGET"], ["GET"]]  # the versions, then the value keyed on them
+    redis_trips.clear()
     assert client.get(f"/widgets/{wid}").get_json()["name"] == "a"
-    assert commands == ["MGET"] and calls == [f"one {wid}"]
+    assert redis_trips == [["MGET"]] and calls == [f"one {wid}"]
+
+
+#: fakeredis names each client's host at random unless told: one name, one server.
+FAKE_HOST = "fakeredis"
+
+
+def _with_limiter(app: Flask, shared_kind: str, fake_server: fakeredis.FakeServer | None) -> Flask:
+    from flask_backend_patterns.ratelimit import RateLimiting
+
+    app.config.update(RATELIMIT_DEFAULT="3 per minute", BACKEND_LOGGING_CONFIGURE=False)
+    if shared_kind == "redis":
+        app.config["RATELIMIT_STORAGE_URI"] = REAL_REDIS_URL
+    else:
+        app.config["RATELIMIT_STORAGE_URI"] = "redis://127.0.0.1:6379/0"  # the pool below serves it
+        app.config["RATELIMIT_STORAGE_OPTIONS"] = {
+            "connection_pool": fakeredis.FakeRedis(server=fake_server, host=FAKE_HOST).connection_pool
+        }
+    RateLimiting(app)
+    return app
+
+
+def test_a_response_hit_rides_on_the_rate_limit_round_trip(
+    make_app: t.Any, shared_kind: str, fake_server: fakeredis.FakeServer, redis_trips: list[list[str]]
+) -> None:
+    calls: list[str] = []
+    app = _with_limiter(make_app(shared_kind), shared_kind, fake_server)
+    add_widget_views(app, calls)
+    with app.app_context():
+        (wid,) = add_widgets("a")
+    client = app.test_client()
+    assert client.get(f"/widgets/{wid}").get_json()["name"] == "a"  # a miss: stored
+    redis_trips.clear()
+    hit = client.get(f"/widgets/{wid}")
+    assert hit.get_json()["name"] == "a" and hit.headers["RateLimit-Remaining"] == "1"
+    assert redis_trips == [["EVALSHA", "MGET"]]  # one round trip for the count and the hit
+    assert calls == [f"one {wid}"]
+    # A write between two requests: the read that rides along sees the new version.
+    with app.app_context(), transaction():
+        widgets().update(wid, {"name": "b"})
+    assert client.get(f"/widgets/{wid}").get_json()["name"] == "b"
+    assert calls == [f"one {wid}", f"one {wid}"]
+    # Over the limit: a 429, whatever the cache holds.
+    assert client.get(f"/widgets/{wid}").status_code == 429
+
+
+def test_a_response_hit_on_another_redis_than_the_limit_makes_its_own_trip(
+    make_app: t.Any, fake_server: fakeredis.FakeServer, redis_trips: list[list[str]]
+) -> None:
+    calls: list[str] = []
+    app = _with_limiter(make_app("fakeredis"), "fakeredis", fakeredis.FakeServer())  # another server
+    add_widget_views(app, calls)
+    with app.app_context():
+        (wid,) = add_widgets("a")
+    client = app.test_client()
+    client.get(f"/widgets/{wid}")
+    redis_trips.clear()
+    assert client.get(f"/widgets/{wid}").get_json()["name"] == "a"
+    assert redis_trips == [["EVALSHA"], ["MGET"]]
