@@ -1,7 +1,8 @@
 """Benchmarks; each writes its section of docs/benchmarks.md.
 
 - ``list``: ``GET /api/markets?status=active&sort=-volume&limit=20`` on 100,000 PostgreSQL
-  rows vs bare Flask ``/ping``, both under the same gunicorn settings.
+  rows, uncached and cached, and the same query written plainly (``bench/plain_app.py``),
+  vs bare Flask ``/ping``, all under the same gunicorn settings.
 - ``pages``: server-side time of one page at depth 0, 10k and 90k, by offset and by
   keyset cursor (the repository call, in process).
 - ``cache``: cached vs uncached ``GET /api/markets`` (the list above) and one market.
@@ -51,12 +52,14 @@ def bench_list(args: argparse.Namespace) -> None:
     with (
         Server("example_app:create_app()", uncached_env, args.workers, "/healthz") as uncached,
         Server("example_app:create_app()", cached_env, args.workers, "/healthz") as cached,
+        Server("bench.plain_app:create_app()", uncached_env, args.workers, LIST_PATH) as plain,
         Server("bench.bare_app:create_app()", uncached_env, args.workers, "/ping") as bare,
     ):
         runs = compare(
             {
                 "list": (uncached.base + LIST_PATH, {}),
                 "cached": (cached.base + LIST_PATH, {}),
+                "plain": (plain.base + LIST_PATH, {}),
                 "ping": (bare.base + "/ping", {}),
             },
             rounds=args.rounds,
@@ -64,11 +67,14 @@ def bench_list(args: argparse.Namespace) -> None:
             connections=args.connections,
         )
     rows = "\n".join(
-        f"| {i + 1} | {a:.0f} | {c:.0f} | {b:.0f} | {a / b:.3f} | {c / b:.3f} |"
-        for i, (a, c, b) in enumerate(zip(runs["list"], runs["cached"], runs["ping"], strict=True))
+        f"| {i + 1} | {a:.0f} | {c:.0f} | {p:.0f} | {b:.0f} | {a / b:.3f} | {c / b:.3f} | {p / b:.3f} |"
+        for i, (a, c, p, b) in enumerate(
+            zip(runs["list"], runs["cached"], runs["plain"], runs["ping"], strict=True)
+        )
     )
     ratio = median_ratio(runs["list"], runs["ping"])
     cached_ratio = median_ratio(runs["cached"], runs["ping"])
+    plain_ratio = median_ratio(runs["plain"], runs["ping"])
     medians = {name: statistics.median(values) for name, values in runs.items()}
     write_section(
         "list",
@@ -81,15 +87,18 @@ def bench_list(args: argparse.Namespace) -> None:
 log line, rate limit counted in Redis, flask-smorest argument parsing, repository with the total,
 marshmallow dump, error handlers), twice: without `REDIS_URL` (no cache: every request reads
 PostgreSQL) and with it, as deployed (the response cache on Redis, warm: the same URL every
-time). Against a bare Flask `/ping`; all under `gunicorn -w {args.workers}` (sync workers),
-`wrk -t1 -c{args.connections} -d{args.duration}s`, {args.rounds} rounds, the three alternating.
+time). The reference: the same query written plainly (`bench/plain_app.py`: flask-smorest,
+Flask-SQLAlchemy with its default engine, marshmallow; no request id, log line, rate limit,
+total, cursor or ETag). Against a bare Flask `/ping`; all under `gunicorn -w {args.workers}`
+(sync workers), `wrk -t1 -c{args.connections} -d{args.duration}s`, {args.rounds} rounds, the four alternating.
 
-| round | list, uncached | list, cached | /ping | uncached / ping | cached / ping |
-|---|---|---|---|---|---|
+| round | list, uncached | list, cached | plain | /ping | uncached / ping | cached / ping | plain / ping |
+|---|---|---|---|---|---|---|---|
 {rows}
 
-**Medians (req/s): uncached {medians["list"]:.0f}, cached {medians["cached"]:.0f}, /ping {medians["ping"]:.0f};
-uncached {ratio:.3f}x and cached {cached_ratio:.3f}x of bare Flask** (target >= 0.35x).
+**Medians (req/s): uncached {medians["list"]:.0f}, cached {medians["cached"]:.0f}, plain {medians["plain"]:.0f},
+/ping {medians["ping"]:.0f}; uncached {ratio:.3f}x, cached {cached_ratio:.3f}x and plain {plain_ratio:.3f}x of bare
+Flask** (target >= 0.35x).
 """,
     )
 

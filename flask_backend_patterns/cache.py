@@ -34,6 +34,7 @@ import threading
 import time
 import typing as t
 import uuid
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
@@ -204,6 +205,19 @@ def namespace_of(model: type[t.Any]) -> str:
     """
     mapper: orm.Mapper[t.Any] = sa.inspect(model)
     return mapper.base_mapper.class_.__name__
+
+
+#: one codec per mapped class (weakly: a class that goes away takes its codec along).
+_CODECS: weakref.WeakKeyDictionary[type[t.Any], ModelCodec] = weakref.WeakKeyDictionary()
+
+
+def _codec_for(model: type[t.Any]) -> ModelCodec:
+    """The codec of ``model``, made once: a repository is often made per request, and
+    the codec's fingerprint compiles every column's type."""
+    codec = _CODECS.get(model)
+    if codec is None:
+        codec = _CODECS[model] = ModelCodec(model)
+    return codec
 
 
 class ModelCodec:
@@ -1278,7 +1292,7 @@ class CachedRepository(t.Generic[ModelT]):
         if model is None:
             raise TypeError(f"{type(repository).__name__} has no 'model': pass model= to CachedRepository")
         try:
-            self._codec = ModelCodec(model)
+            self._codec = _codec_for(model)
         except sa.exc.NoInspectionAvailable:
             raise TypeError(f"{model!r} is not a mapped class") from None
         namespace = namespace if namespace is not None else namespace_of(model)
