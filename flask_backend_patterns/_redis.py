@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import typing as t
+import weakref
 
 from flask import has_request_context
 from flask import request
@@ -32,6 +33,7 @@ _NOT_SERVER_KEYS = frozenset(
         "client_name",
         "lib_name",
         "lib_version",
+        "driver_info",
         "event_dispatcher",
     }
 )
@@ -53,10 +55,12 @@ def _server_of(pool: t.Any) -> tuple[t.Any, ...]:
     """What two DirectConnections must share to carry each other's commands: the
     connection class and every setting but :data:`_NOT_SERVER_KEYS` (objects, such as
     a credential provider or an SSL context, by identity)."""
+    # A setting left at None is the same as one not given (redis.Redis(...) passes
+    # them, from_url does not).
     settings = sorted(
         (name, _identity(value))
         for name, value in pool.connection_kwargs.items()
-        if name not in _NOT_SERVER_KEYS
+        if name not in _NOT_SERVER_KEYS and value is not None
     )
     return (pool.connection_class, *settings)
 
@@ -77,14 +81,17 @@ class DirectConnection:
     settings (address, timeouts, TLS, credentials, RESP version), so it never counts
     against the pool's ``max_connections``; a forked worker or a new thread makes its
     own. A connection that Redis closed (a restart, an idle timeout) fails on first
-    use: the command is sent once more on a new connection. A timeout is not retried:
-    the command may have run.
+    use: the command is sent once more on a new connection. A connection lost after
+    Redis ran the command (killed by ``CLIENT KILL``, a network cut) is retried too,
+    so the command may run twice (a rate limit counts one request twice); a timeout is
+    not retried.
     """
 
     def __init__(self, client: t.Any) -> None:
         self.pool = client.connection_pool
         self.server = _server_of(self.pool)
         self._local = threading.local()
+        self._made: weakref.WeakSet[t.Any] = weakref.WeakSet()
 
     def connection(self) -> t.Any:
         """This thread's connection (made on first use, and again after a fork)."""
@@ -92,7 +99,14 @@ class DirectConnection:
         if getattr(local, "pid", None) != pid:
             local.connection = self.pool.connection_class(**self.pool.connection_kwargs)
             local.pid = pid
+            self._made.add(local.connection)
         return local.connection
+
+    def close(self) -> None:
+        """Close every connection this object made (a thread that uses it again
+        reconnects)."""
+        for connection in list(self._made):
+            connection.disconnect()
 
     def prefetch(self, *args: t.Any) -> Prefetch | None:
         """Queue ``args`` (a read) for the current request's next :meth:`execute` on any
@@ -139,14 +153,10 @@ class DirectConnection:
                     return connection.read_response()
                 commands = [args, *(item.args for item in riders)]
                 connection.send_packed_command(connection.pack_commands(commands), check_health=False)
-                replies = [_read_one(connection) for _ in commands]
-                for item, reply in zip(riders, replies[1:], strict=True):
-                    item.reply, item.done = reply, True
-                if isinstance(replies[0], redis.ResponseError):
-                    raise replies[0]
-                return replies[0]
+                reply = _read_one(connection)
+                break
             except redis.ResponseError:
-                raise  # whole replies were read: the connection is fine
+                raise  # a whole reply was read: the connection is fine
             except redis.ConnectionError:
                 connection.disconnect()
                 if attempt == 2:
@@ -154,7 +164,20 @@ class DirectConnection:
             except BaseException:
                 connection.disconnect()  # a reply may be half read
                 raise
-        raise AssertionError("unreachable")
+        else:
+            raise AssertionError("unreachable")
+        # The command's own reply is in. A rider that cannot be read (a timeout on a
+        # large value) costs its owner a read of its own, not the command its reply.
+        try:
+            for item in riders:
+                item.reply, item.done = _read_one(connection), True
+        except (redis.RedisError, OSError):
+            connection.disconnect()
+            for item in riders:
+                item.done = False
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+        return reply
 
     def _riders(self) -> list[Prefetch]:
         if not has_request_context():

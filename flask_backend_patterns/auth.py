@@ -155,8 +155,8 @@ class Identity:
 class RevocationStore(t.Protocol):
     """Where revoked token ids live; every worker and host must see the same store.
 
-    ``expires_at`` is the token's ``exp`` (Unix seconds): after it the token is
-    rejected anyway, so the store may forget the ``jti``.
+    ``expires_at`` is the token's ``exp`` plus ``JWT_DECODE_LEEWAY`` (Unix seconds):
+    after it the token is rejected anyway, so the store may forget the ``jti``.
     """
 
     def revoke(self, jti: str, expires_at: int) -> None:
@@ -180,6 +180,8 @@ def _unavailable(store: str, exc: Exception) -> ServiceUnavailableError:
 REVOCATION_CACHE_SIZE = 10_000
 #: the channel Redis sends tracking invalidations to (RESP2 redirect mode).
 _INVALIDATE_CHANNEL = "__redis__:invalidate"
+#: the longest wait between two set-ups of a watch that keep failing (seconds).
+_MAX_SETUP_DELAY = 300.0
 #: read timeout of the watch connection when the client has none: a liveness PING
 #: on a dead connection must fail, not hang every request.
 _WATCH_TIMEOUT = 2.0
@@ -188,7 +190,7 @@ _WATCH_TIMEOUT = 2.0
 class RedisRevocationStore:
     """Revoked token ids in Redis: one key per ``jti`` that expires with the token.
 
-    Every worker and host that uses the same Redis sees a revocation at once. When
+    Every worker and host that uses the same Redis shares the revocations. When
     Redis does not answer, both methods raise :class:`ServiceUnavailableError`
     (503): a token whose revocation cannot be checked is not accepted.
 
@@ -199,15 +201,15 @@ class RedisRevocationStore:
     PREFIX prefix``), and Redis pushes every key under ``prefix`` that is set,
     deleted or expires, and every flush. Each lookup first reads what was pushed,
     without waiting. Redis writes the invalidation of a revocation in the same pass
-    as its reply, so with a healthy connection the next request of every process
-    sees it. A lookup that read any invalidation, and otherwise one lookup every
-    ``check_interval`` seconds, also sends ``PING`` on the watch and reads up to the
-    reply: a connection that died without a reset (a host or network failure) is
-    found within that time, and a revocation can go unseen for at most
-    ``check_interval`` on it. Any error on the watch clears the memory;
-    lookups then ask Redis every time (one warning per ``check_interval``) and the
-    watch is set up again at most once per ``check_interval``. A client that cannot
-    track (an older Redis, fakeredis) works the same way, without the memory.
+    as its reply, so the next request of another process normally sees it; a packet
+    delayed on a watch's link, or a watch connection that died without a reset, can
+    hide a revocation from that process for at most ``check_interval``: a lookup that
+    read any invalidation, and otherwise one lookup every ``check_interval`` seconds,
+    sends ``PING`` on the watch and reads up to the reply. The revoking process
+    forgets the ``jti`` at once. Any error on the watch clears the memory; lookups then
+    ask Redis every time, and set-ups that keep failing are retried less and less often
+    (up to every 5 minutes, one warning each). A client that cannot track (an older
+    Redis, fakeredis) works the same way, without the memory.
     """
 
     def __init__(
@@ -249,6 +251,7 @@ class RedisRevocationStore:
         self._last_pong = 0.0  # monotonic time the last answered PING was sent
         self._next_setup = 0.0  # monotonic time before which no set-up is tried
         self._last_warning: float | None = None
+        self._setup_failures = 0  # set-ups failed in a row
         _REDIS_STORES.add(self)
 
     @classmethod
@@ -344,8 +347,13 @@ class RedisRevocationStore:
             if self._watch is None:
                 if now < self._next_setup:
                     return False
-                self._next_setup = now + self.check_interval
+                # Set-ups that keep failing (a Redis or proxy that cannot track) are
+                # tried less and less often: every check_interval, doubling up to 5 min.
+                delay = min(self.check_interval * 2**self._setup_failures, _MAX_SETUP_DELAY)
+                self._next_setup = now + max(delay, self.check_interval)
+                self._setup_failures += 1
                 self._open_watch(now)
+                self._setup_failures = 0
             watch = self._watch
             received = False
             while watch.can_read(timeout=0):
@@ -449,6 +457,8 @@ class RedisRevocationStore:
             watch.disconnect()
 
     def _watch_failed(self, exc: Exception, now: float) -> None:
+        # At most one per check_interval; set-ups that keep failing are spaced out
+        # further, and so are their warnings.
         if self._last_warning is not None and now - self._last_warning < self.check_interval:
             return
         self._last_warning = now

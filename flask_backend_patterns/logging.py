@@ -15,6 +15,7 @@ import contextvars
 import datetime as dt
 import json
 import logging
+import os
 import random
 import re
 import sys
@@ -65,10 +66,16 @@ def is_valid_request_id(value: str | None) -> bool:
 def new_request_id() -> str:
     """Make a fresh request id (32 hex characters).
 
-    From :mod:`random` (reseeded in every forked worker): an id names a request in the
-    logs, it grants nothing, and ``os.urandom`` is a system call per request.
+    From a generator of this module's own, seeded from ``os.urandom`` at import and in
+    every forked worker: an id names a request in the logs and grants nothing, and
+    ``os.urandom`` would be a system call per request. No ``random.seed()`` elsewhere
+    touches it.
     """
-    return f"{random.getrandbits(128):032x}"
+    return f"{_ids.getrandbits(128):032x}"
+
+
+_ids = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
 
 def get_request_id() -> str | None:
@@ -118,7 +125,9 @@ def redact(value: t.Any, keys: t.Sequence[str] = DEFAULT_REDACT_KEYS) -> t.Any:
         decided = _secret_key_decisions(keys)
         out = {}
         for k, v in value.items():
-            secret = decided.get(k)
+            # Decisions are kept for plain str keys only: an enum or other key that
+            # equals a str may print otherwise.
+            secret = decided.get(k) if type(k) is str else None
             if secret is None:
                 secret = _decide_secret_key(decided, k, keys)
             out[k] = REDACTED if secret else v if type(v) in _PLAIN_TYPES else redact(v, keys)
@@ -160,9 +169,10 @@ def _secret_key_decisions(secret_keys: tuple[str, ...]) -> dict[t.Any, bool]:
 def _decide_secret_key(decided: dict[t.Any, bool], key: t.Any, secret_keys: tuple[str, ...]) -> bool:
     lowered = str(key).lower()
     secret = any(s in lowered for s in secret_keys)
-    if len(decided) >= _MAX_DECISIONS:  # names made from data: keep the memory bounded
-        decided.clear()
-    decided[key] = secret
+    if type(key) is str:
+        if len(decided) >= _MAX_DECISIONS:  # names made from data: keep the memory bounded
+            decided.clear()
+        decided[key] = secret
     return secret
 
 

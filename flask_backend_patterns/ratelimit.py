@@ -426,27 +426,34 @@ class _AppLimiter(Limiter):
             return
         items = self._parsed.get(limit)
         if items is None:
-            items = self._parsed[limit] = sorted(parse_many(limit))
+            if len(self._parsed) >= 256:  # strings from a callable: keep the memory bounded
+                self._parsed.clear()
+            # Flask-Limiter counts a part given twice once.
+            items = self._parsed[limit] = sorted(dict.fromkeys(parse_many(limit)))
         method_scope = _route_scope(endpoint)
         args = [rate_limit_key(), f"{endpoint}:{method_scope}" if method_scope else endpoint]
         if self._key_prefix:
             args.insert(0, self._key_prefix)
         strategy = self.limiter
         view_limits: list[RequestLimit] = []
-        breached: RequestLimit | None = None
+        first_breached: RequestLimit | None = None
+        last_breached: RequestLimit | None = None
         for item in items:
             passed = strategy.hit(item, *args)
             view_limits.append(RequestLimit(self, item, args, not passed, False))
             if not passed:
                 self.logger.info("ratelimit %s (%s) exceeded at endpoint: %s", item, args[-2], args[-1])
-                breached = breached or view_limits[-1]
+                last_breached = view_limits[-1]
+                first_breached = first_breached or last_breached
                 if self._fail_on_first_breach:
                     break
         context = self.context
-        context.view_rate_limit = breached or view_limits[0]
+        # As Flask-Limiter: the headers tell of the last limit breached (the longest
+        # window, when every part is counted), the 429 of the first.
+        context.view_rate_limit = last_breached or view_limits[0]
         context.view_rate_limits = view_limits
-        if breached is not None:
-            raise RateLimitExceeded(RuntimeLimit(breached.limit, rate_limit_key, _route_scope))
+        if first_breached is not None:
+            raise RateLimitExceeded(RuntimeLimit(first_breached.limit, rate_limit_key, _route_scope))
 
 
 #: Flask-Limiter's state that, when not empty, holds limits, exemptions or callbacks

@@ -1185,3 +1185,23 @@ def test_sqlalchemy_store_unreachable_database_is_a_503(tmp_path):
     finally:
         with app.app_context():
             db.engine.dispose()
+
+
+def test_set_ups_that_keep_failing_are_tried_less_and_less_often(caplog, monkeypatch):
+    from flask_backend_patterns import auth as auth_module
+
+    now = [1000.0]
+    monkeypatch.setattr(auth_module.time, "monotonic", lambda: now[0])
+    store = RedisRevocationStore(fakeredis.FakeRedis(server=fakeredis.FakeServer()), check_interval=1)
+    setups = []
+    real_open = store._open_watch
+    monkeypatch.setattr(store, "_open_watch", lambda at: setups.append(at) or real_open(at))
+    with caplog.at_level(logging.WARNING, logger="flask_backend_patterns.auth"):
+        for _ in range(2000):  # a lookup every 0.5 s for 1000 s
+            store.is_revoked("j1")
+            now[0] += 0.5
+    gaps = [b - a for a, b in zip(setups, setups[1:], strict=False)]
+    assert gaps[:4] == [1.0, 2.0, 4.0, 8.0]  # doubling
+    assert max(gaps) == 300.0 and len(setups) < 15  # capped at 5 minutes
+    warnings = [r for r in caplog.records if "Revocation memory off" in r.getMessage()]
+    assert len(warnings) == len(setups)  # one per set-up, not one per second

@@ -1224,10 +1224,12 @@ def test_a_response_hit_is_one_mget_and_a_repository_hit_two_commands(
 FAKE_HOST = "fakeredis"
 
 
-def _with_limiter(app: Flask, shared_kind: str, fake_server: fakeredis.FakeServer | None) -> Flask:
+def _with_limiter(
+    app: Flask, shared_kind: str, fake_server: fakeredis.FakeServer | None, limit: str = "3 per minute"
+) -> Flask:
     from flask_backend_patterns.ratelimit import RateLimiting
 
-    app.config.update(RATELIMIT_DEFAULT="3 per minute", BACKEND_LOGGING_CONFIGURE=False)
+    app.config.update(RATELIMIT_DEFAULT=limit, BACKEND_LOGGING_CONFIGURE=False)
     if shared_kind == "redis":
         app.config["RATELIMIT_STORAGE_URI"] = REAL_REDIS_URL
     else:
@@ -1268,6 +1270,73 @@ def test_a_response_hit_on_another_redis_than_the_limit_makes_its_own_trip(
 ) -> None:
     calls: list[str] = []
     app = _with_limiter(make_app("fakeredis"), "fakeredis", fakeredis.FakeServer())  # another server
+    add_widget_views(app, calls)
+    with app.app_context():
+        (wid,) = add_widgets("a")
+    client = app.test_client()
+    client.get(f"/widgets/{wid}")
+    redis_trips.clear()
+    assert client.get(f"/widgets/{wid}").get_json()["name"] == "a"
+    assert redis_trips == [["EVALSHA"], ["MGET"]]
+
+
+def test_a_write_in_the_same_request_is_seen_though_the_read_was_queued_before_it(
+    make_app: t.Any, fake_server: fakeredis.FakeServer, redis_trips: list[list[str]]
+) -> None:
+    from flask import request as flask_request
+
+    calls: list[str] = []
+    app = _with_limiter(make_app("fakeredis"), "fakeredis", fake_server)
+    add_widget_views(app, calls)
+    with app.app_context():
+        (wid,) = add_widgets("a")
+
+    @app.before_request
+    def write_first() -> None:  # runs after the read is queued, before the view
+        rename = flask_request.headers.get("X-Rename")  # not in the key: the same cached URL
+        if rename:
+            with transaction():
+                widgets().update(wid, {"name": rename})
+
+    client = app.test_client()
+    assert client.get(f"/widgets/{wid}").get_json()["name"] == "a"  # stored
+    redis_trips.clear()
+    renamed = client.get(f"/widgets/{wid}", headers={"X-Rename": "b"})
+    assert redis_trips[0] == ["EVALSHA", "MGET"]  # the read was queued and carried
+    assert renamed.get_json()["name"] == "b"
+
+
+def test_a_retried_invalidation_is_seen_by_the_request_that_retries_it(
+    make_app: t.Any, fake_server: fakeredis.FakeServer, monkeypatch: t.Any
+) -> None:
+    calls: list[str] = []
+    app = _with_limiter(make_app("fakeredis"), "fakeredis", fake_server, limit="100 per minute")
+    add_widget_views(app, calls)
+    with app.app_context():
+        (wid,) = add_widgets("a")
+    client = app.test_client()
+    assert client.get(f"/widgets/{wid}").get_json()["name"] == "a"  # stored
+    state = get_state(app)
+    real_bump = state.store.bump
+
+    def down(key: str) -> int:
+        raise redis.ConnectionError("Redis is down")
+
+    monkeypatch.setattr(state.store, "bump", down)
+    with app.app_context(), transaction():
+        widgets().update(wid, {"name": "b"})  # committed; its invalidation failed
+    assert state._pending_bumps
+    monkeypatch.setattr(state.store, "bump", real_bump)
+    state._down_until = None  # the back-off is over: Redis answers again
+    assert client.get(f"/widgets/{wid}").get_json()["name"] == "b"
+    assert not state._pending_bumps
+
+
+def test_prefetch_can_be_turned_off(
+    make_app: t.Any, fake_server: fakeredis.FakeServer, redis_trips: list[list[str]]
+) -> None:
+    calls: list[str] = []
+    app = _with_limiter(make_app("fakeredis", BACKEND_CACHE_PREFETCH="false"), "fakeredis", fake_server)
     add_widget_views(app, calls)
     with app.app_context():
         (wid,) = add_widgets("a")

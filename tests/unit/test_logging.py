@@ -263,3 +263,26 @@ def test_redaction_decides_each_key_name_once_and_stays_bounded():
     assert decided["Password"] is True and decided["user"] is False
     redact({f"field{i}": i for i in range(fbp_logging._MAX_DECISIONS + 10)}, keys)
     assert len(decided) <= fbp_logging._MAX_DECISIONS
+
+
+def test_a_key_that_equals_a_name_decided_before_is_decided_on_its_own_text():
+    import enum
+
+    class Field(enum.StrEnum):
+        PASSWORD = "pw"
+
+        def __str__(self) -> str:
+            return "password"
+
+    keys = ("password",)
+    assert redact({"pw": "plain"}, keys) == {"pw": "plain"}
+    assert redact({Field.PASSWORD: "s3cret"}, keys) == {Field.PASSWORD: "[REDACTED]"}
+
+
+def test_request_ids_do_not_follow_the_global_random_seed():
+    import random
+
+    random.seed(1)
+    first = new_request_id()
+    random.seed(1)
+    assert new_request_id() != first

@@ -568,18 +568,17 @@ PARITY_REQUESTS = [
 ]
 
 
-def _run_parity(monkeypatch, force_flask_limiter):
+def _run_parity(monkeypatch, force_flask_limiter, **config):
     from flask_backend_patterns import ratelimit
 
     if force_flask_limiter:
         monkeypatch.setattr(ratelimit._AppLimiter, "_default_limit_only", lambda self: False)
     server = fakeredis.FakeServer()
-    app = make_app(
-        RATELIMIT_KEY_PREFIX="p", BACKEND_RATELIMIT_IDENTITY=user_from_header, **fake_redis_config(server)
-    )
+    config = {"RATELIMIT_KEY_PREFIX": "p", **fake_redis_config(server), **config}
+    app = make_app(BACKEND_RATELIMIT_IDENTITY=user_from_header, **config)
     client = app.test_client()
     seen = []
-    for _ in range(3):  # through the limits, to the 429s
+    for _ in range(4):  # through the limits, to the 429s
         for method, path, headers in PARITY_REQUESTS:
             response = client.open(path, method=method, headers=headers)
             seen.append(
@@ -593,10 +592,20 @@ def _run_parity(monkeypatch, force_flask_limiter):
     return seen, counters
 
 
-def test_default_limit_path_counts_and_answers_as_flask_limiter_does(monkeypatch):
-    ours = _run_parity(monkeypatch, force_flask_limiter=False)
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"RATELIMIT_DEFAULT": "2/second;3/minute", "RATELIMIT_FAIL_ON_FIRST_BREACH": False},
+        {"RATELIMIT_DEFAULT": "2/second;3/minute"},
+        {"RATELIMIT_DEFAULT": "3/minute;3/minute"},
+    ],
+    ids=["one-part", "every-part-counted", "first-breach", "a-part-twice"],
+)
+def test_default_limit_path_counts_and_answers_as_flask_limiter_does(monkeypatch, config):
+    ours = _run_parity(monkeypatch, False, **config)
     monkeypatch.undo()
-    theirs = _run_parity(monkeypatch, force_flask_limiter=True)
+    theirs = _run_parity(monkeypatch, True, **config)
     assert ours == theirs
     statuses_seen = {row[2] for row in ours[0]}
     assert {200, 404, 429} <= statuses_seen and len(ours[1]) >= 8  # the run did reach every case

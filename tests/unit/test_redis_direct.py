@@ -122,3 +122,37 @@ def test_outside_a_request_nothing_is_queued(server, redis_trips):
     redis_trips.clear()
     direct.execute("GET", "k")
     assert redis_trips == [["GET"]]
+
+
+def test_a_rider_that_cannot_be_read_leaves_the_command_its_reply(server, monkeypatch):
+    limiter, cache = DirectConnection(client(server)), DirectConnection(client(server))
+    connected(limiter, cache)
+    limiter.execute("SET", "k", "v")
+    connection = limiter.connection()
+    real_read = connection.read_response
+    reads: list[int] = []
+
+    def second_read_times_out(*args, **kwargs):
+        reads.append(1)
+        if len(reads) == 2:  # the rider's reply
+            raise redis.TimeoutError("Timeout reading from socket")
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(connection, "read_response", second_read_times_out)
+    app = Flask(__name__)
+    with app.test_request_context("/"):
+        cache.prefetch("GET", "k")
+        assert limiter.execute("INCR", "n") == 1  # the count stands
+        assert cache.take("GET", "k") is None  # its owner reads it itself
+        assert cache.execute("GET", "k") == b"v"
+
+
+def test_close_disconnects_every_connection_made():
+    server = fakeredis.FakeServer()
+    direct = DirectConnection(client(server))
+    connected(direct)
+    connection = direct.connection()
+    assert connection._sock is not None
+    direct.close()
+    assert connection._sock is None
+    assert direct.execute("PING") == b"PONG"  # used again: reconnects
