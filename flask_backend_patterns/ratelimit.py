@@ -374,7 +374,7 @@ class _AppLimiter(Limiter):
                     if not self._in_memory_fallback_enabled:
                         raise
                     # As Flask-Limiter does: count in memory from now on, this request too.
-                    log.warning("Rate limit storage unreachable - falling back to in-memory storage")
+                    self.logger.warning("Rate limit storage unreachable - falling back to in-memory storage")
                     self._storage_dead = True
                     super()._check_request_limit(callable_name, in_middleware)
             else:

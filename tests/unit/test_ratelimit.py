@@ -536,6 +536,7 @@ def test_redis_down_falls_back_to_memory_when_configured(caplog):
     assert "Retry-After" in responses[2].headers
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "falling back to in-memory" in warnings[0].getMessage()
+    assert warnings[0].name == "flask-limiter"  # as documented, whichever path counted
 
 
 def test_bad_storage_configuration_fails_at_init_and_leaves_app_unregistered():
