@@ -1,4 +1,5 @@
-"""Helpers shared by every extension: per-app state and config coercion."""
+"""Helpers shared by every extension: per-app state, config coercion, and the view
+that serves the current request."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import typing as t
 
 from flask import current_app
 from flask import Flask
+from flask import request
 
 StateT = t.TypeVar("StateT")
 
@@ -71,3 +73,18 @@ def config_int(value: object, key: str, *, minimum: int | None = None) -> int:
     if isinstance(value, bool) or (minimum is not None and number < minimum):
         raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
     return number
+
+
+def request_view() -> tuple[t.Any, t.Any, t.Any]:
+    """The current request's view function, its ``MethodView`` class, and the class's
+    method that handles the request (``get`` for ``HEAD`` when there is no ``head``,
+    as ``MethodView`` dispatches it); ``None`` for what there is not."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    view_class = getattr(view, "view_class", None)
+    if view_class is None:
+        return view, None, None
+    method = request.method.lower()
+    handler = getattr(view_class, method, None)
+    if handler is None and method == "head":
+        handler = getattr(view_class, "get", None)
+    return view, view_class, handler

@@ -1,7 +1,7 @@
 """A lean path for the one or two Redis commands a request makes.
 
 :class:`DirectConnection` sends a command without redis-py's per-command layers, and
-:func:`prefetch` lets one part of a request put a read on the round trip another part
+:meth:`DirectConnection.prefetch` lets one part of a request put a read on the round trip another part
 makes anyway: the response cache's ``MGET`` rides with the rate limiter's count when
 both use the same Redis server and database, so a cached response costs the request one
 round trip, not two.
@@ -124,11 +124,7 @@ class DirectConnection:
     def take(self, *args: t.Any) -> Prefetch | None:
         """The prefetch of exactly ``args`` in this request, removed; returned if it was
         answered, else None (then the caller sends the read itself)."""
-        if not has_request_context():
-            return None
-        pending: list[Prefetch] | None = request.environ.get(_PREFETCH_ENVIRON_KEY)
-        if not pending:
-            return None
+        pending = _pending()
         for i, item in enumerate(pending):
             if item.server == self.server and item.args == args:
                 del pending[i]
@@ -180,12 +176,15 @@ class DirectConnection:
         return reply
 
     def _riders(self) -> list[Prefetch]:
-        if not has_request_context():
-            return []
-        pending: list[Prefetch] | None = request.environ.get(_PREFETCH_ENVIRON_KEY)
-        if not pending:
-            return []
-        return [item for item in pending if not item.done and item.server == self.server]
+        return [item for item in _pending() if not item.done and item.server == self.server]
+
+
+def _pending() -> list[Prefetch]:
+    """The current request's queued reads ([] outside a request or with none)."""
+    if not has_request_context():
+        return []
+    pending: list[Prefetch] = request.environ.get(_PREFETCH_ENVIRON_KEY) or []
+    return pending
 
 
 def _read_one(connection: t.Any) -> t.Any:

@@ -41,7 +41,6 @@ from dataclasses import field
 
 import sqlalchemy as sa
 from cachelib.serializers import BaseSerializer
-from flask import current_app
 from flask import Flask
 from flask import has_request_context
 from flask import request
@@ -58,6 +57,7 @@ from ._extension import config_bool
 from ._extension import config_int
 from ._extension import lookup_state
 from ._extension import register_state
+from ._extension import request_view
 from ._redis import DirectConnection
 from .repository import Filters
 from .repository import Include
@@ -1151,7 +1151,7 @@ def cached_response(*models: type[t.Any], ttl: int | None = None) -> t.Callable[
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
-            if request.method not in ("GET", "HEAD") or "If-None-Match" in request.headers:
+            if not _response_cacheable():
                 return view(*args, **kwargs)
             state = get_state()
             if state.stores_nothing:
@@ -1207,20 +1207,20 @@ def _response_query() -> str:
 
 def _cached_response_namespaces() -> list[str] | None:
     """The namespaces of the current request's ``cached_response`` view, if it has one."""
-    view = current_app.view_functions.get(request.endpoint or "")
-    view_class = getattr(view, "view_class", None)
-    if view_class is not None:
-        method = request.method.lower()
-        view = getattr(view_class, method, None) or (
-            getattr(view_class, "get", None) if method == "head" else None
-        )
-    return getattr(view, _CACHED_RESPONSE_ATTR, None)
+    view, view_class, handler = request_view()
+    return getattr(handler if view_class is not None else view, _CACHED_RESPONSE_ATTR, None)
+
+
+def _response_cacheable() -> bool:
+    """Whether :func:`cached_response` may answer the current request from the cache:
+    a GET or HEAD that is not conditional (the view answers ``If-None-Match``)."""
+    return request.method in ("GET", "HEAD") and "If-None-Match" not in request.headers
 
 
 def _prefetch_response() -> None:
     """``before_request``, first: put the ``MGET`` of a ``cached_response`` hit on the
     rate limiter's round trip to the same Redis (it is sent only if one is made)."""
-    if request.method not in ("GET", "HEAD") or "If-None-Match" in request.headers:
+    if not _response_cacheable():
         return
     namespaces = _cached_response_namespaces()
     if namespaces is None:

@@ -51,6 +51,7 @@ from ._extension import config_int
 from ._extension import config_list
 from ._extension import lookup_state
 from ._extension import register_state
+from ._extension import request_view
 from ._redis import DirectConnection
 from .errors import ApiError
 from .errors import ServiceUnavailableError
@@ -141,14 +142,9 @@ def _find_rule() -> tuple[_Rule | None, bool]:
 
 
 def _lookup_rule() -> tuple[_Rule | None, bool]:
-    view = current_app.view_functions.get(request.endpoint or "")
+    view, view_class, handler = request_view()
     if view is not None:
-        view_class = getattr(view, "view_class", None)
         if view_class is not None:
-            method = request.method.lower()
-            handler = getattr(view_class, method, None)
-            if handler is None and method == "head":
-                handler = getattr(view_class, "get", None)  # as MethodView dispatches it
             rule = getattr(handler, _RULE_ATTR, None)
             if rule is not None:
                 return rule, True
