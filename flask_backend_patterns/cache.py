@@ -1186,23 +1186,52 @@ def _prefetched() -> dict[tuple[str, ...], int]:
     return found
 
 
+_RESPONSE_QUERY_ENVIRON_KEY = "flask_backend_patterns.cache.response_query"
+
+
 def _response_query() -> str:
     """The key of the current request's response, before hashing.
 
     The route and its query string, normalised (sorted pairs, as canonical JSON): so
     :func:`cached_response` may sit above the argument parsing, and a hit skips it
     too. Only 200s are stored, so only a query that parsed and validated once is ever
-    answered from the cache.
+    answered from the cache. Made once per request (the prefetch hook and the view's
+    wrapper both ask), unless a hook changed the view args in between.
+
+    :raises TypeError: view args with no JSON form.
     """
-    return _canonical(
-        {
-            "endpoint": request.endpoint,
-            "view_args": request.view_args or {},
-            # By name only: a sort is stable, so a repeated parameter keeps the order of
-            # its values, which the parsing may depend on.
-            "query": sorted(request.args.items(multi=True), key=lambda pair: pair[0]),
+    environ = request.environ
+    view_args = request.view_args or {}
+    made: tuple[dict[str, t.Any], str] | None = environ.get(_RESPONSE_QUERY_ENVIRON_KEY)
+    if made is None or made[0] != view_args:
+        made = environ[_RESPONSE_QUERY_ENVIRON_KEY] = (dict(view_args), _make_response_query())
+    return made[1]
+
+
+def _make_response_query() -> str:
+    view_args = request.view_args or {}
+    # By name only: a sort is stable, so a repeated parameter keeps the order of its
+    # values, which the parsing may depend on.
+    query = sorted(request.args.items(multi=True), key=_first)
+    if all(type(value) in _AS_THEY_ARE for value in view_args.values()):
+        # What _canonical gives, without its walk: str and int encode as they are.
+        encoded = {
+            "map": {
+                "endpoint": request.endpoint,
+                "view_args": {"map": view_args},
+                "query": {"list": [{"list": list(pair)} for pair in query]},
+            }
         }
-    )
+        return json.dumps(encoded, sort_keys=True, separators=(",", ":"))
+    return _canonical({"endpoint": request.endpoint, "view_args": view_args, "query": query})
+
+
+#: the types _encode_value returns as they are (bool is not int here: type() is exact).
+_AS_THEY_ARE = frozenset({str, int})
+
+
+def _first(pair: tuple[str, str]) -> str:
+    return pair[0]
 
 
 def _cached_response_namespaces() -> list[str] | None:

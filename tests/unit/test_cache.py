@@ -1345,3 +1345,50 @@ def test_prefetch_can_be_turned_off(
     redis_trips.clear()
     assert client.get(f"/widgets/{wid}").get_json()["name"] == "a"
     assert redis_trips == [["EVALSHA"], ["MGET"]]
+
+
+def test_a_hook_that_changes_the_view_args_after_the_prefetch_changes_the_key(
+    make_app: t.Any, fake_server: fakeredis.FakeServer
+) -> None:
+    from flask import request as flask_request
+
+    calls: list[str] = []
+    app = _with_limiter(make_app("fakeredis"), "fakeredis", fake_server)
+    add_widget_views(app, calls)
+    with app.app_context():
+        first, second = add_widgets("a", "b")
+
+    @app.before_request
+    def redirect_to_other() -> None:  # runs after the prefetch hook made the key
+        other = flask_request.headers.get("X-Other")
+        if other and flask_request.view_args:
+            flask_request.view_args["wid"] = int(other)
+
+    client = app.test_client()
+    assert client.get(f"/widgets/{first}").get_json()["name"] == "a"  # stored
+    assert client.get(f"/widgets/{first}", headers={"X-Other": str(second)}).get_json()["name"] == "b"
+    assert calls == [f"one {first}", f"one {second}"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["/items/7?b=2&a=1&b=1", "/items/x%22y?q=%F0%9F%99%82&q=", "/items/7", "/items/true"],
+)
+def test_the_response_key_of_plain_view_args_is_the_canonical_one(url: str) -> None:
+    from flask_backend_patterns.cache import _canonical
+    from flask_backend_patterns.cache import _make_response_query
+
+    app = Flask(__name__)
+    app.add_url_rule("/items/<int:item>", "by_int", lambda item: "")
+    app.add_url_rule("/items/<item>", "by_str", lambda item: "")
+    with app.test_request_context(url):
+        from flask import request as flask_request
+
+        expected = _canonical(
+            {
+                "endpoint": flask_request.endpoint,
+                "view_args": flask_request.view_args,
+                "query": sorted(flask_request.args.items(multi=True), key=lambda pair: pair[0]),
+            }
+        )
+        assert _make_response_query() == expected
