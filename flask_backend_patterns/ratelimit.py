@@ -41,6 +41,8 @@ from limits import RateLimitItem
 from limits.errors import ConfigurationError
 from limits.errors import StorageError
 from limits.storage import RedisStorage
+from limits.strategies import FixedWindowRateLimiter
+from limits.util import WindowStats
 from werkzeug.http import http_date
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.utils import import_string
@@ -431,12 +433,19 @@ class _AppLimiter(Limiter):
         if self._key_prefix:
             args.insert(0, self._key_prefix)
         strategy = self.limiter
+        # A fixed window's count and reset are what the one-trip storage's count returned:
+        # the headers read them from there, not through limits' window lookup.
+        counted = strategy.storage if type(strategy) is FixedWindowRateLimiter else None
+        if not isinstance(counted, _OneTripRedisStorage):
+            counted = None
         view_limits: list[RequestLimit] = []
         first_breached: RequestLimit | None = None
         last_breached: RequestLimit | None = None
         for item in items:
             passed = strategy.hit(item, *args)
             view_limits.append(RequestLimit(self, item, args, not passed, False))
+            if counted is not None:
+                _prefill_window(view_limits[-1], counted)
             if not passed:
                 self.logger.info("ratelimit %s (%s) exceeded at endpoint: %s", item, args[-2], args[-1])
                 last_breached = view_limits[-1]
@@ -450,6 +459,16 @@ class _AppLimiter(Limiter):
         context.view_rate_limits = view_limits
         if first_breached is not None:
             raise RateLimitExceeded(RuntimeLimit(first_breached.limit, rate_limit_key, _route_scope))
+
+
+def _prefill_window(limit: RequestLimit, storage: _OneTripRedisStorage) -> None:
+    """Give ``limit`` the window its count just returned, as ``FixedWindowRateLimiter``'s
+    ``get_window_stats`` would read it back (``RequestLimit`` keeps its window once read;
+    if a release renames that attribute, the window is read the usual way)."""
+    found = storage._remembered(limit.key)
+    if found is not None:
+        count, reset_at = found
+        limit._window = WindowStats(reset_at, max(0, limit.limit.amount - count))
 
 
 #: Flask-Limiter's state that, when not empty, holds limits, exemptions or callbacks

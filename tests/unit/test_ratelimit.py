@@ -484,6 +484,26 @@ def test_redis_storage_makes_one_round_trip_a_request(redis_trips):
     assert client.get("/items").headers["RateLimit-Remaining"] == "1"
 
 
+def test_redis_count_gives_the_headers_their_window_without_reading_it_back(monkeypatch):
+    from limits.strategies import FixedWindowRateLimiter
+
+    read_back = []
+    original = FixedWindowRateLimiter.get_window_stats
+    monkeypatch.setattr(
+        FixedWindowRateLimiter,
+        "get_window_stats",
+        lambda self, *args: read_back.append(args) or original(self, *args),
+    )
+    server = fakeredis.FakeServer()
+    client = make_app(RATELIMIT_DEFAULT="2 per minute", **fake_redis_config(server)).test_client()
+    answers = [client.get("/items") for _ in range(3)]
+    assert [r.status_code for r in answers] == [200, 200, 429]
+    assert [r.headers["RateLimit-Remaining"] for r in answers] == ["1", "0", "0"]
+    assert all(0 < int(r.headers["RateLimit-Reset"]) <= 60 for r in answers)
+    assert 0 < int(answers[-1].headers["Retry-After"]) <= 60
+    assert read_back == []
+
+
 def test_redis_down_fails_open_with_one_warning(caplog):
     caplog.set_level(logging.INFO, logger=RATELIMIT_LOGGER)
     app = make_app(RATELIMIT_DEFAULT="1 per minute", RATELIMIT_STORAGE_URI=CLOSED_PORT_REDIS)
