@@ -10,6 +10,9 @@ import typing as t
 from pathlib import Path
 
 from flask import Flask
+from flask import Request
+from flask.sessions import SecureCookieSession
+from flask.sessions import SecureCookieSessionInterface
 
 from flask_backend_patterns.api import Api
 from flask_backend_patterns.transactions import enable_sqlite_savepoints
@@ -32,6 +35,7 @@ MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
 def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
     """Build the app: config (defaults < environment < ``config``), extensions, API, CLI."""
     app = Flask(__name__, instance_relative_config=True)
+    app.session_interface = _CookielessSessionInterface()
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the envelope's order
     load_config(app, config)
     # A wrong embedder name, or "sentence" without its extra, fails here, not at a search.
@@ -51,6 +55,17 @@ def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
         with app.app_context():
             _upgrade_database()
     return app
+
+
+class _CookielessSessionInterface(SecureCookieSessionInterface):
+    """Flask's cookie sessions, minus the signing serializer Flask builds on every request:
+    a request without a session cookie (every bearer-token call) starts an empty session
+    without it. Sessions work as before; the API itself uses none."""
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, request)
 
 
 def _enable_sqlite_foreign_keys(app: Flask) -> None:

@@ -271,3 +271,34 @@ def test_openapi_documents_validation_errors_as_400_not_422(client):
     spec = client.get("/api/openapi.json").get_json()
     responses = spec["paths"]["/api/markets"]["get"]["responses"]
     assert "422" not in responses and "400" in responses
+
+
+def test_cookie_sessions_still_work_though_a_request_without_one_builds_no_serializer(
+    app_factory, monkeypatch
+):
+    from flask import session
+    from flask.sessions import SecureCookieSessionInterface
+
+    app = app_factory()
+
+    @app.post("/_test/session")
+    def remember():
+        session["seen"] = "yes"
+        return {}
+
+    @app.get("/_test/session")
+    def recall():
+        return {"seen": session.get("seen")}
+
+    built = []
+    original = SecureCookieSessionInterface.get_signing_serializer
+    monkeypatch.setattr(
+        SecureCookieSessionInterface,
+        "get_signing_serializer",
+        lambda self, app: built.append(1) or original(self, app),
+    )
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200
+    assert built == [] and "Set-Cookie" not in client.get("/healthz").headers
+    assert client.post("/_test/session").status_code == 200  # sets the cookie
+    assert client.get("/_test/session").get_json() == {"seen": "yes"}
