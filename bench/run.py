@@ -2,7 +2,8 @@
 
 - ``list``: ``GET /api/markets?status=active&sort=-volume&limit=20`` on 100,000 PostgreSQL
   rows, uncached and cached, and the same query written plainly (``bench/plain_app.py``),
-  vs bare Flask ``/ping``, all under the same gunicorn settings.
+  and the least that request can cost here (``bench/floor_app.py``), vs bare Flask ``/ping``,
+  all under the same gunicorn settings.
 - ``pages``: server-side time of one page at depth 0, 10k and 90k, by offset and by
   keyset cursor (the repository call, in process).
 - ``cache``: cached vs uncached ``GET /api/markets`` (the list above) and one market.
@@ -49,10 +50,13 @@ BENCHES = ("list", "pages", "cache", "stack", "jobs", "search")
 def bench_list(args: argparse.Namespace) -> None:
     # Without REDIS_URL no cache; with it, as deployed, reads are cached.
     uncached_env, cached_env = app_envs(args.database_url, args.redis_url)
+    floor_env = {**uncached_env, "BENCH_REDIS_URL": args.redis_url}
     with (
         Server("example_app:create_app()", uncached_env, args.workers, "/healthz") as uncached,
         Server("example_app:create_app()", cached_env, args.workers, "/healthz") as cached,
         Server("bench.plain_app:create_app()", uncached_env, args.workers, LIST_PATH) as plain,
+        Server("bench.floor_app:create_list_app()", floor_env, args.workers, LIST_PATH) as floor,
+        Server("bench.floor_app:create_list_app(False)", floor_env, args.workers, LIST_PATH) as query,
         Server("bench.bare_app:create_app()", uncached_env, args.workers, "/ping") as bare,
     ):
         runs = compare(
@@ -60,21 +64,24 @@ def bench_list(args: argparse.Namespace) -> None:
                 "list": (uncached.base + LIST_PATH, {}),
                 "cached": (cached.base + LIST_PATH, {}),
                 "plain": (plain.base + LIST_PATH, {}),
+                "floor": (floor.base + LIST_PATH, {}),
+                "query": (query.base + LIST_PATH, {}),
                 "ping": (bare.base + "/ping", {}),
             },
             rounds=args.rounds,
             duration=args.duration,
             connections=args.connections,
         )
+    names = ("list", "cached", "plain", "floor", "query")
     rows = "\n".join(
-        f"| {i + 1} | {a:.0f} | {c:.0f} | {p:.0f} | {b:.0f} | {a / b:.3f} | {c / b:.3f} | {p / b:.3f} |"
-        for i, (a, c, p, b) in enumerate(
-            zip(runs["list"], runs["cached"], runs["plain"], runs["ping"], strict=True)
-        )
+        f"| {i + 1} | "
+        + " | ".join(f"{runs[name][i]:.0f}" for name in (*names, "ping"))
+        + " | "
+        + " | ".join(f"{runs[name][i] / runs['ping'][i]:.3f}" for name in names)
+        + " |"
+        for i in range(args.rounds)
     )
-    ratio = median_ratio(runs["list"], runs["ping"])
-    cached_ratio = median_ratio(runs["cached"], runs["ping"])
-    plain_ratio = median_ratio(runs["plain"], runs["ping"])
+    ratios = {name: median_ratio(runs[name], runs["ping"]) for name in names}
     medians = {name: statistics.median(values) for name, values in runs.items()}
     write_section(
         "list",
@@ -87,18 +94,28 @@ def bench_list(args: argparse.Namespace) -> None:
 log line, rate limit counted in Redis, flask-smorest argument parsing, repository with the total,
 marshmallow dump, error handlers), twice: without `REDIS_URL` (no cache: every request reads
 PostgreSQL) and with it, as deployed (the response cache on Redis, warm: the same URL every
-time). The reference: the same query written plainly (`bench/plain_app.py`: flask-smorest,
-Flask-SQLAlchemy with its default engine, marshmallow; no request id, log line, rate limit,
-total, cursor or ETag). Against a bare Flask `/ping`; all under `gunicorn -w {args.workers}`
-(sync workers), `wrk -t1 -c{args.connections} -d{args.duration}s`, {args.rounds} rounds, the four alternating.
+time). Three references:
 
-| round | list, uncached | list, cached | plain | /ping | uncached / ping | cached / ping | plain / ping |
-|---|---|---|---|---|---|---|---|
+- plain: the same query written plainly (`bench/plain_app.py`: flask-smorest,
+  Flask-SQLAlchemy with its default engine, marshmallow; no request id, log line, rate limit,
+  total, cursor or ETag);
+- floor: the request written by hand with nothing between Flask and the wire
+  (`bench/floor_app.py`): the page and total in one prepared statement on one psycopg
+  connection in autocommit, rows to JSON by hand, with the stack's layers equally bare (a
+  request id, one JSON line, one exact count in Redis over a raw socket);
+- query: the floor without those layers: the query and its JSON, nothing else.
+
+Against a bare Flask `/ping`; all under `gunicorn -w {args.workers}` (sync workers),
+`wrk -t1 -c{args.connections} -d{args.duration}s`, {args.rounds} rounds, the six alternating.
+
+| round | uncached | cached | plain | floor | query | /ping | uncached / ping | cached / ping | plain / ping | floor / ping | query / ping |
+|---|---|---|---|---|---|---|---|---|---|---|---|
 {rows}
 
 **Medians (req/s): uncached {medians["list"]:.0f}, cached {medians["cached"]:.0f}, plain {medians["plain"]:.0f},
-/ping {medians["ping"]:.0f}; uncached {ratio:.3f}x, cached {cached_ratio:.3f}x and plain {plain_ratio:.3f}x of bare
-Flask** (target >= 0.35x).
+floor {medians["floor"]:.0f}, query {medians["query"]:.0f}, /ping {medians["ping"]:.0f}. Of bare Flask: uncached
+{ratios["list"]:.3f}x, cached {ratios["cached"]:.3f}x, plain {ratios["plain"]:.3f}x, floor {ratios["floor"]:.3f}x,
+query alone {ratios["query"]:.3f}x** (target >= 0.35x).
 """,
     )
 

@@ -103,12 +103,15 @@ def bench_stack(args: argparse.Namespace) -> None:
     bearer = {"Authorization": f"Bearer {_token(args.redis_url)}"}
     with (
         Server("bench.stack_app:create_app()", env, args.workers, "/ping") as ours,
+        Server("bench.floor_app:create_stack_app()", env, args.workers, "/ping") as floor,
         Server("bench.bare_app:create_app()", env, args.workers, "/ping") as bare,
     ):
         runs = compare(
             {
                 "protected": (ours.base + "/ping-auth", bearer),
                 "unprotected": (ours.base + "/ping", {}),
+                "floor": (floor.base + "/ping-auth", bearer),
+                "floor_unprotected": (floor.base + "/ping", {}),
                 "bare": (bare.base + "/ping", {}),
             },
             rounds=args.rounds,
@@ -117,9 +120,20 @@ def bench_stack(args: argparse.Namespace) -> None:
         )
     cost = 1 - median_ratio(runs["protected"], runs["unprotected"])
     stack_ratio = median_ratio(runs["protected"], runs["bare"])
+    floor_ratio = median_ratio(runs["floor"], runs["bare"])
+    floor_unprotected_ratio = median_ratio(runs["floor_unprotected"], runs["bare"])
     rows = "\n".join(
-        f"| {i + 1} | {p:.0f} | {u:.0f} | {b:.0f} | {1 - p / u:.1%} | {p / b:.3f} |"
-        for i, (p, u, b) in enumerate(zip(runs["protected"], runs["unprotected"], runs["bare"], strict=True))
+        f"| {i + 1} | {p:.0f} | {u:.0f} | {f:.0f} | {fu:.0f} | {b:.0f} | {1 - p / u:.1%} | {p / b:.3f} | {f / b:.3f} |"
+        for i, (p, u, f, fu, b) in enumerate(
+            zip(
+                runs["protected"],
+                runs["unprotected"],
+                runs["floor"],
+                runs["floor_unprotected"],
+                runs["bare"],
+                strict=True,
+            )
+        )
     )
     medians = {name: statistics.median(values) for name, values in runs.items()}
     costs = layer_costs(args.redis_url, args.rounds)
@@ -133,16 +147,21 @@ def bench_stack(args: argparse.Namespace) -> None:
 `bench/stack_app.py` under `gunicorn -w {args.workers}`: `/ping-auth` is the full stack (request id,
 JSON access log line, error handler, HS256 verification of a bearer token and its revocation
 lookup in Redis, a rate limit counted in Redis); `/ping` of the same app is the same stack
-without auth; a bare Flask `/ping` is the baseline. `wrk -t1 -c{args.connections} -d{args.duration}s`,
-{args.rounds} rounds, the three alternating within each round.
+without auth; a bare Flask `/ping` is the baseline. The floor (`bench/floor_app.py`) is the
+same work written by hand with nothing between Flask and the wire: a request id, one JSON line
+to stderr, a JSON error handler, one exact count in Redis over a raw socket, PyJWT's HS256
+check; the least these layers can cost on this machine. `wrk -t1 -c{args.connections} -d{args.duration}s`,
+{args.rounds} rounds, the five alternating within each round.
 
-| round | full stack req/s | stack without auth req/s | bare req/s | verification cost | full stack / bare |
-|---|---|---|---|---|---|
+| round | full stack req/s | stack without auth | floor | floor without auth | bare | verification cost | full stack / bare | floor / bare |
+|---|---|---|---|---|---|---|---|---|
 {rows}
 
 **Medians: full stack {medians["protected"]:.0f} req/s, without auth {medians["unprotected"]:.0f} req/s,
-bare {medians["bare"]:.0f} req/s. Bearer verification costs {cost:.1%} of throughput (target <= 15%);
-the full stack serves {stack_ratio:.2f}x bare Flask (target >= 0.6x).**
+floor {medians["floor"]:.0f} req/s (without auth {medians["floor_unprotected"]:.0f}), bare {medians["bare"]:.0f} req/s.
+Bearer verification costs {cost:.1%} of throughput (target <= 15%); the full stack serves
+{stack_ratio:.2f}x bare Flask (target >= 0.6x), the floor {floor_ratio:.2f}x (without auth
+{floor_unprotected_ratio:.2f}x).**
 
 Where the time goes: each layer's app called in process (`app.wsgi_app`, no server, the log
 lines to `/dev/null`), median microseconds per request of {args.rounds} rounds of 2,000 requests,
