@@ -186,28 +186,54 @@ class JsonFormatter(logging.Formatter):
         self.redact_keys = tuple(k.lower() for k in redact_keys)
 
     def format(self, record: logging.LogRecord) -> str:
+        extras = {
+            key: value
+            for key, value in record.__dict__.items()
+            if key not in _RECORD_ATTRS and not key.startswith("_")
+        }
+        return self._format_fields(
+            record.created,
+            record.levelname,
+            record.getMessage(),
+            record.name,
+            record.process,
+            extras,
+            record.exc_info,
+            record.stack_info,
+        )
+
+    def _format_fields(
+        self,
+        created: float,
+        level: str,
+        message: str,
+        name: str,
+        process: int | None,
+        extras: t.Mapping[str, t.Any],
+        exc_info: t.Any = None,
+        stack_info: str | None = None,
+    ) -> str:
+        """The line of a record made of these fields (the access line's direct path)."""
         entry: dict[str, t.Any] = {
-            "timestamp": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "message": record.getMessage(),
-            "logger": record.name,
+            "timestamp": dt.datetime.fromtimestamp(created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": level,
+            "message": message,
+            "logger": name,
             "request_id": _request_id.get(),
             # Which worker wrote it, when gunicorn runs several.
-            "pid": record.process,
+            "pid": process,
         }
         context = _log_context.get()
         if context:
             entry.update(context)
-        for key, value in record.__dict__.items():
-            if key not in _RECORD_ATTRS and not key.startswith("_"):
-                entry[key] = value
-        if record.exc_info and record.exc_info[0] is not None:
-            exc_type, exc, tb = record.exc_info
+        entry.update(extras)
+        if exc_info and exc_info[0] is not None:
+            exc_type, exc, tb = exc_info
             entry["exc_type"] = exc_type.__name__
             entry["exc_message"] = str(exc)
             entry["stack"] = "".join(traceback.format_exception(exc_type, exc, tb))
-        elif record.stack_info:
-            entry["stack"] = record.stack_info
+        elif stack_info:
+            entry["stack"] = stack_info
         return json.dumps(redact(entry, self.redact_keys), default=str, ensure_ascii=False)
 
 
@@ -308,21 +334,87 @@ def _finish_request(response: Response) -> Response:
     started = g.get("_fbp_log")
     if state.access_log and started is not None:
         status = response.status_code
-        state.access_logger.log(
-            logging.ERROR if status >= 500 else logging.INFO,
-            "%s %s %s",
-            request.method,
-            request.path,
-            status,
-            extra={
-                "method": request.method,
-                "path": request.path,
+        level = logging.ERROR if status >= 500 else logging.INFO
+        logger = state.access_logger
+        if logger.isEnabledFor(level):
+            method, path = request.method, request.path
+            extra = {
+                "method": method,
+                "path": path,
                 "status": status,
                 "duration_ms": round((time.perf_counter() - started[0]) * 1000, 3),
                 "remote_addr": request.remote_addr,
-            },
-        )
+            }
+            args = (method, path, status)
+            handler = _sole_json_handler(logger, level)
+            if handler is None:
+                logger.log(level, "%s %s %s", *args, extra=extra)
+            else:
+                _write_direct(handler, logger, level, "%s %s %s", args, extra)
     return response
+
+
+def _sole_json_handler(logger: logging.Logger, level: int) -> logging.StreamHandler[t.Any] | None:
+    """The handler of :func:`configure_json_logging`, if it alone takes a record of ``level``
+    from ``logger`` and nothing on the way could see or change the record: no filter,
+    no other handler, the standard record factory, logger classes and formatter.
+
+    Then the access line skips building a ``LogRecord`` and the logging machinery (a
+    good share of a small request's time) and is written as the handler would write it.
+    """
+    if logger.disabled or logging.getLogRecordFactory() is not logging.LogRecord:
+        return None
+    found: logging.StreamHandler[t.Any] | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters or type(current) not in _PLAIN_LOGGERS:
+            return None
+        for handler in current.handlers:
+            if (
+                found is not None
+                or not getattr(handler, _HANDLER_MARK, False)
+                or type(handler) is not logging.StreamHandler
+                or type(handler.formatter) is not JsonFormatter
+                or handler.filters
+                or level < handler.level
+            ):
+                return None
+            found = handler
+        current = current.parent if current.propagate else None
+    return found
+
+
+_PLAIN_LOGGERS = (logging.Logger, logging.RootLogger)
+
+
+def _write_direct(
+    handler: logging.StreamHandler[t.Any],
+    logger: logging.Logger,
+    level: int,
+    msg: str,
+    args: tuple[t.Any, ...],
+    extra: dict[str, t.Any],
+) -> None:
+    """What ``logger.log(level, msg, *args, extra=extra)`` writes through ``handler``."""
+    formatter = t.cast(JsonFormatter, handler.formatter)
+    handler.acquire()
+    try:
+        line = formatter._format_fields(
+            time.time(),
+            logging.getLevelName(level),
+            msg % args,
+            logger.name,
+            os.getpid() if logging.logProcesses else None,
+            extra,
+        )
+        handler.stream.write(line + handler.terminator)
+        handler.flush()
+    except RecursionError:
+        raise
+    except Exception:  # noqa: BLE001  (as logging.Handler.emit: reported by handleError)
+        handler.handleError(logger.makeRecord(logger.name, level, "", 0, msg, args, None, extra=extra))
+    finally:
+        handler.release()
 
 
 def _teardown_request(_exc: BaseException | None) -> None:

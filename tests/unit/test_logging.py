@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -286,3 +287,73 @@ def test_request_ids_do_not_follow_the_global_random_seed():
     first = new_request_id()
     random.seed(1)
     assert new_request_id() != first
+
+
+@contextlib.contextmanager
+def only_json_handler():
+    """The root logger with nothing but configure_json_logging's handler (pytest's own
+    capture handlers, which it adds for each test phase, taken off): the access line's
+    direct path."""
+    root = logging.getLogger()
+    saved, saved_level = root.handlers[:], root.level
+    for handler in saved:
+        root.removeHandler(handler)
+    stream = io.StringIO()
+    handler = configure_json_logging("INFO", stream=stream)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        for filt in root.filters[:]:
+            root.removeFilter(filt)
+        for handler in saved:
+            root.addHandler(handler)
+        root.setLevel(saved_level)
+
+
+def test_the_access_line_written_directly_is_the_line_logging_writes(app, monkeypatch):
+    access_records = []
+    make_record = logging.Logger.makeRecord
+
+    def spy(self, name, *args, **kwargs):
+        if name == "flask_backend_patterns.access":
+            access_records.append(name)
+        return make_record(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(logging.Logger, "makeRecord", spy)
+    client = app.test_client()
+
+    def run(stream):
+        start = len(stream.getvalue().splitlines())
+        for method, path in (("POST", "/login"), ("GET", "/nowhere"), ("GET", "/fail")):
+            client.open(path, method=method, headers={"X-Request-ID": f"id-{path[1:]}"})
+        return [json.loads(line) for line in stream.getvalue().splitlines()[start:]]
+
+    with only_json_handler() as stream:
+        direct = run(stream)
+        assert access_records == []  # no LogRecord was made for the access lines
+        logging.getLogger().addFilter(lambda record: True)  # anything on the way: the logging path
+        through_logging = run(stream)
+    assert len(access_records) == 3
+
+    def comparable(line):
+        return {k: v for k, v in line.items() if k not in ("timestamp", "duration_ms", "stack")}
+
+    assert [comparable(line) for line in direct] == [comparable(line) for line in through_logging]
+    access = [line for line in direct if line["logger"] == "flask_backend_patterns.access"]
+    assert [(a["status"], a["level"]) for a in access] == [(200, "INFO"), (404, "INFO"), (500, "ERROR")]
+    assert access[0]["user_id"] == "u1" and access[0]["pid"] == os.getpid()
+
+
+def test_a_handler_of_its_own_on_the_access_logger_still_gets_the_access_record(app):
+    own = io.StringIO()
+    handler = logging.StreamHandler(own)
+    access = logging.getLogger("flask_backend_patterns.access")
+    access.addHandler(handler)
+    try:
+        with only_json_handler() as stream:
+            app.test_client().get("/nowhere")
+    finally:
+        access.removeHandler(handler)
+    assert own.getvalue() == "GET /nowhere 404\n"
+    assert json.loads(stream.getvalue().splitlines()[-1])["status"] == 404
