@@ -603,6 +603,10 @@ class RepositoryCacheState:
     prefetch: bool = field(default=True, repr=False)
     _down_until: float | None = field(default=None, init=False, repr=False)
     _last_warning: float | None = field(default=None, init=False, repr=False)
+    #: (namespaces, kind, query) -> the keys a read of them takes: hot reads repeat.
+    _keys_made: dict[tuple[tuple[str, ...], str, str], tuple[str, ...]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     @property
     def backend_kind(self) -> str:
@@ -799,12 +803,24 @@ class RepositoryCacheState:
         return self._read_through(key, ttl, load, lambda value: pack(value, current), unpack_current)
 
     def _versioned_keys(self, namespaces: t.Sequence[str], kind: str, query: str) -> list[str]:
-        """The version keys of ``namespaces``, then the value's key: what a hit reads."""
-        digest = hashlib.sha256(json.dumps([kind, query]).encode()).hexdigest()
-        return [
-            *(self._version_key(n) for n in namespaces),
-            f"{self.key_prefix}:{namespaces[0]}:{kind}:{digest}",
-        ]
+        """The version keys of ``namespaces``, then the value's key: what a hit reads.
+
+        Remembered for the last :data:`_KEYS_REMEMBERED` reads (a hit makes the keys twice:
+        its prefetch, then its read; and hot queries repeat).
+        """
+        made = self._keys_made
+        remembered = (tuple(namespaces), kind, query)
+        keys = made.get(remembered)
+        if keys is None:
+            digest = hashlib.sha256(json.dumps([kind, query]).encode()).hexdigest()
+            keys = (
+                *(self._version_key(n) for n in namespaces),
+                f"{self.key_prefix}:{namespaces[0]}:{kind}:{digest}",
+            )
+            if len(made) >= _KEYS_REMEMBERED:
+                made.clear()
+            made[remembered] = keys
+        return list(keys)
 
     def _prefetch_versioned(self, namespaces: t.Sequence[str], kind: str, query: str) -> None:
         """Let the ``MGET`` of :meth:`_read_versioned` ride along with the request's next
@@ -1210,24 +1226,39 @@ def _response_query() -> str:
 
 def _make_response_query() -> str:
     view_args = request.view_args or {}
-    # By name only: a sort is stable, so a repeated parameter keeps the order of its
-    # values, which the parsing may depend on.
-    query = sorted(request.args.items(multi=True), key=_first)
-    if all(type(value) in _AS_THEY_ARE for value in view_args.values()):
+    if not all(type(value) in _AS_THEY_ARE for value in view_args.values()):
+        return _canonical({"endpoint": request.endpoint, "view_args": view_args, "query": _sorted_args()})
+    # Plain view args: the text is a function of the endpoint, the view args and the raw
+    # query string, remembered for hot URLs (no parsing of the query string then).
+    remembered = (request.endpoint, request.query_string, tuple(view_args.items()))
+    query = _RESPONSE_QUERIES.get(remembered)
+    if query is None:
         # What _canonical gives, without its walk: str and int encode as they are.
         encoded = {
             "map": {
                 "endpoint": request.endpoint,
                 "view_args": {"map": view_args},
-                "query": {"list": [{"list": list(pair)} for pair in query]},
+                "query": {"list": [{"list": list(pair)} for pair in _sorted_args()]},
             }
         }
-        return json.dumps(encoded, sort_keys=True, separators=(",", ":"))
-    return _canonical({"endpoint": request.endpoint, "view_args": view_args, "query": query})
+        query = json.dumps(encoded, sort_keys=True, separators=(",", ":"))
+        if len(_RESPONSE_QUERIES) >= _KEYS_REMEMBERED:
+            _RESPONSE_QUERIES.clear()
+        _RESPONSE_QUERIES[remembered] = query
+    return query
+
+
+def _sorted_args() -> list[tuple[str, str]]:
+    # By name only: a sort is stable, so a repeated parameter keeps the order of its
+    # values, which the parsing may depend on.
+    return sorted(request.args.items(multi=True), key=_first)
 
 
 #: the types _encode_value returns as they are (bool is not int here: type() is exact).
 _AS_THEY_ARE = frozenset({str, int})
+#: how many response texts and key sets each process remembers (then it starts afresh).
+_KEYS_REMEMBERED = 1024
+_RESPONSE_QUERIES: dict[tuple[str | None, bytes, tuple[tuple[str, t.Any], ...]], str] = {}
 
 
 def _first(pair: tuple[str, str]) -> str:
