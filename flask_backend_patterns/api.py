@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import typing as t
+import weakref
 
 import flask_smorest
 import marshmallow as ma
@@ -23,6 +24,10 @@ from flask import Flask
 from flask import g
 from flask import request
 from flask import Response
+from marshmallow import missing
+from marshmallow import utils as ma_utils
+from marshmallow.decorators import POST_DUMP
+from marshmallow.decorators import PRE_DUMP
 from werkzeug.exceptions import HTTPException
 
 from .errors import handle_http_exception
@@ -130,6 +135,113 @@ def envelope(
 ) -> Response:
     """Build a success-envelope response from already serialised ``data``."""
     return json_response(_success_payload(data, meta), status, headers)
+
+
+def dump(schema: ma.Schema, obj: t.Any, *, many: bool | None = None) -> t.Any:
+    """``schema.dump(obj, many=many)``, a good deal faster for the schemas APIs mostly have.
+
+    A schema whose every dumped field is a plain ``String``, ``Integer``, ``Float``,
+    ``DateTime`` (ISO format) or a ``Nested`` such schema, with no ``dump_default``, no
+    dotted ``attribute`` and no dump hooks, is compiled once into a list of (key, source,
+    converter) and dumped by that: what marshmallow does for such a schema, without its
+    per-field calls. Anything else (another field type, a subclass, a hook, an overridden
+    ``get_attribute``) is dumped by ``schema.dump`` itself, so the result is always what
+    marshmallow gives.
+    """
+    plan = _dump_plan(schema)
+    if plan is None:
+        return schema.dump(obj, many=many)
+    if many if many is not None else schema.many:
+        return None if obj is None else [_dump_one(plan, item) for item in obj]
+    return _dump_one(plan, obj)
+
+
+#: per dumped field: its key, the attribute it reads, and how its value is converted:
+#: _TEXT (as String), _ISO (as an ISO DateTime), or a callable (a number type, a Nested).
+_Plan = list[tuple[str, str, t.Any]]
+_TEXT, _ISO = "text", "iso"
+#: schema -> its compiled plan, or None where marshmallow must dump it itself.
+_PLANS: weakref.WeakKeyDictionary[ma.Schema, _Plan | None] = weakref.WeakKeyDictionary()
+
+
+def _dump_plan(schema: ma.Schema) -> _Plan | None:
+    try:
+        return _PLANS[schema]
+    except KeyError:
+        pass
+    plan = _compile(schema)
+    _PLANS[schema] = plan
+    return plan
+
+
+def _compile(schema: ma.Schema) -> _Plan | None:
+    kind = type(schema)
+    if (
+        kind.dump is not ma.Schema.dump
+        or kind._serialize is not ma.Schema._serialize
+        or kind.get_attribute is not ma.Schema.get_attribute
+        or schema.dict_class is not dict
+        or schema._hooks[PRE_DUMP]
+        or schema._hooks[POST_DUMP]
+    ):
+        return None
+    plan: _Plan = []
+    for name, field in schema.dump_fields.items():
+        source = name if field.attribute is None else field.attribute
+        if "." in source or field.dump_default is not missing:
+            return None
+        convert = _converter(field)
+        if convert is None:
+            return None
+        plan.append((name if field.data_key is None else field.data_key, source, convert))
+    return plan
+
+
+def _converter(field: ma.fields.Field[t.Any]) -> t.Any:
+    """What ``field._serialize`` does with a value that is not None (None stays None for
+    every field type :func:`dump` knows); None for the other field types."""
+    kind = type(field)
+    if kind.serialize is not ma.fields.Field.serialize or kind.get_value is not ma.fields.Field.get_value:
+        return None
+    if kind is ma.fields.String:
+        return _TEXT
+    if kind in (ma.fields.Integer, ma.fields.Float) and not field.as_string:  # type: ignore[attr-defined]
+        return field.num_type  # type: ignore[attr-defined]
+    if kind is ma.fields.DateTime and (field.format or field.DEFAULT_FORMAT) in ("iso", "iso8601"):  # type: ignore[attr-defined]
+        return _ISO
+    if kind is ma.fields.Nested:
+        nested = field.schema  # type: ignore[attr-defined]
+        inner = _dump_plan(nested)
+        if inner is None:
+            return None
+        if nested.many or field.many:  # type: ignore[attr-defined]
+            return lambda value: [_dump_one(inner, item) for item in value]
+        return lambda value: _dump_one(inner, value)
+    return None
+
+
+def _dump_one(plan: _Plan, obj: t.Any) -> dict[str, t.Any]:
+    out: dict[str, t.Any] = {}
+    keyed = hasattr(obj, "__getitem__")
+    for key, source, convert in plan:
+        if keyed:  # as marshmallow reads: the item first, then the attribute
+            try:
+                value = obj[source]
+            except (KeyError, IndexError, TypeError, AttributeError):
+                value = getattr(obj, source, missing)
+        else:
+            value = getattr(obj, source, missing)
+        if value is missing:
+            continue
+        if value is None:
+            out[key] = None
+        elif convert is _TEXT:
+            out[key] = value if type(value) is str else ma_utils.ensure_text_type(value)
+        elif convert is _ISO:
+            out[key] = value.isoformat()
+        else:
+            out[key] = convert(value)
+    return out
 
 
 def empty_response(status: int = 204, headers: t.Mapping[str, str] | None = None) -> Response:

@@ -11,6 +11,7 @@ from flask import url_for
 from flask.views import MethodView
 
 from flask_backend_patterns.api import Blueprint
+from flask_backend_patterns.api import dump
 from flask_backend_patterns.api import empty_response
 from flask_backend_patterns.api import envelope
 from flask_backend_patterns.api import etag_matches
@@ -48,7 +49,7 @@ def market_schema(fields: tuple[str, ...] | None, include: tuple[str, ...]) -> M
 
 def page_response(page: Page[t.Any], schema: t.Any) -> Response:
     """The list envelope of one page."""
-    return envelope(schema.dump(page.items, many=True), meta=page_meta(page))
+    return envelope(dump(schema, page.items, many=True), meta=page_meta(page))
 
 
 def _projection(args: dict[str, t.Any]) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
@@ -98,7 +99,7 @@ def _written(market: t.Any, status: int = 200) -> Response:
     headers = {"ETag": market.etag}
     if status == 201:
         headers["Location"] = url_for("markets.MarketById", market_id=market.id)
-    return envelope(market_schema(None, ()).dump(market), status=status, headers=headers)
+    return envelope(dump(market_schema(None, ()), market), status=status, headers=headers)
 
 
 def _if_match() -> str | None:
@@ -115,7 +116,7 @@ class MarketSearch(MethodView):
     def get(self, args: dict[str, t.Any]) -> Response:
         """Semantic search: the markets closest in meaning to ``q``, most similar first."""
         hits = SearchService().search(args["q"], limit=args["limit"])
-        data = [{**market_schema(None, ()).dump(market), "score": round(score, 6)} for market, score in hits]
+        data = [{**dump(market_schema(None, ()), market), "score": round(score, 6)} for market, score in hits]
         return envelope(data, meta={"total": len(data), "limit": args["limit"]})
 
 
@@ -155,7 +156,9 @@ class MarketById(MethodView):
         etag = market.etag if fields is None else None
         if etag is not None and etag_matches(request.headers.get("If-None-Match"), etag, weak=True):
             return empty_response(304, {"ETag": etag})
-        return envelope(market_schema(fields, include).dump(market), headers={"ETag": etag} if etag else None)
+        return envelope(
+            dump(market_schema(fields, include), market), headers={"ETag": etag} if etag else None
+        )
 
     @require_permission("write")
     @blp.arguments(MarketReplaceSchema)
