@@ -28,9 +28,12 @@ def lookup_state(key: str, state_type: type[StateT], app: Flask | None = None) -
     :raises RuntimeError: outside an app context, or the part was not registered.
     """
     if app is None:
-        if not current_app:
-            raise RuntimeError(f"{key!r} needs an application context: use 'with app.app_context():'.")
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        try:
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+        except RuntimeError:  # werkzeug's "Working outside of application context."
+            raise RuntimeError(
+                f"{key!r} needs an application context: use 'with app.app_context():'."
+            ) from None
     try:
         state = app.extensions[key]
     except KeyError:
