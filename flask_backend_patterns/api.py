@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import threading
 import typing as t
 import weakref
 
@@ -141,25 +142,28 @@ def dump(schema: ma.Schema, obj: t.Any, *, many: bool | None = None) -> t.Any:
     """``schema.dump(obj, many=many)``, a good deal faster for the schemas APIs mostly have.
 
     A schema whose every dumped field is a plain ``String``, ``Integer``, ``Float``,
-    ``DateTime`` (ISO format) or a ``Nested`` such schema, with no ``dump_default``, no
-    dotted ``attribute`` and no dump hooks, is compiled once into a list of (key, source,
-    converter) and dumped by that: what marshmallow does for such a schema, without its
-    per-field calls. Anything else (another field type, a subclass, a hook, an overridden
-    ``get_attribute``) is dumped by ``schema.dump`` itself, so the result is always what
-    marshmallow gives.
+    ``DateTime`` (a named format: ISO, RFC or a timestamp) or a ``Nested`` such schema, with
+    no ``dump_default``, no dotted ``attribute`` and no dump hooks, is compiled once per
+    schema instance into a list of (key, source, converter) and dumped by that: what
+    marshmallow does for such a schema, without its per-field calls. Anything else (another
+    field type, a subclass, a hook, an overridden ``get_attribute``, a schema nested in
+    itself) is dumped by ``schema.dump`` itself, so the result is always what marshmallow
+    gives. Do not change a schema's fields after its first dump.
     """
     plan = _dump_plan(schema)
     if plan is None:
         return schema.dump(obj, many=many)
-    if many if many is not None else schema.many:
-        return None if obj is None else [_dump_one(plan, item) for item in obj]
-    return _dump_one(plan, obj)
+    if (many if many is not None else schema.many) and obj is not None:
+        return [_dump_one(plan, item) for item in obj]
+    return _dump_one(plan, obj)  # None with many=True too: marshmallow dumps it as one object
 
 
 #: per dumped field: its key, the attribute it reads, and how its value is converted:
-#: _TEXT (as String), _ISO (as an ISO DateTime), or a callable (a number type, a Nested).
+#: _TEXT (as String) or a callable (a number type, DateTime's format function, a Nested).
 _Plan = list[tuple[str, str, t.Any]]
-_TEXT, _ISO = "text", "iso"
+_TEXT = "text"
+#: per thread, the schema classes being compiled (a Nested leading back to one falls back).
+_compiling = threading.local()
 #: schema -> its compiled plan, or None where marshmallow must dump it itself.
 _PLANS: weakref.WeakKeyDictionary[ma.Schema, _Plan | None] = weakref.WeakKeyDictionary()
 
@@ -175,6 +179,18 @@ def _dump_plan(schema: ma.Schema) -> _Plan | None:
 
 
 def _compile(schema: ma.Schema) -> _Plan | None:
+    kind = type(schema)
+    compiling: set[type[ma.Schema]] = getattr(_compiling, "kinds", None) or set()
+    if kind in compiling:
+        return None  # a schema nested in itself: marshmallow follows it as deep as the data
+    _compiling.kinds = compiling | {kind}
+    try:
+        return _compile_fields(schema)
+    finally:
+        _compiling.kinds = compiling
+
+
+def _compile_fields(schema: ma.Schema) -> _Plan | None:
     kind = type(schema)
     if (
         kind.dump is not ma.Schema.dump
@@ -207,10 +223,15 @@ def _converter(field: ma.fields.Field[t.Any]) -> t.Any:
         return _TEXT
     if kind in (ma.fields.Integer, ma.fields.Float) and not field.as_string:  # type: ignore[attr-defined]
         return field.num_type  # type: ignore[attr-defined]
-    if kind is ma.fields.DateTime and (field.format or field.DEFAULT_FORMAT) in ("iso", "iso8601"):  # type: ignore[attr-defined]
-        return _ISO
+    if kind is ma.fields.DateTime:
+        # The function marshmallow calls (dt.datetime.isoformat for "iso"), not a method of
+        # the value: a subclass's own isoformat, or a date, is treated as marshmallow does.
+        return field.SERIALIZATION_FUNCS.get(field.format or field.DEFAULT_FORMAT)  # type: ignore[attr-defined]
     if kind is ma.fields.Nested:
-        nested = field.schema  # type: ignore[attr-defined]
+        try:
+            nested = field.schema  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001  (an unknown schema name: marshmallow raises when it dumps one)
+            return None
         inner = _dump_plan(nested)
         if inner is None:
             return None
@@ -237,8 +258,6 @@ def _dump_one(plan: _Plan, obj: t.Any) -> dict[str, t.Any]:
             out[key] = None
         elif convert is _TEXT:
             out[key] = value if type(value) is str else ma_utils.ensure_text_type(value)
-        elif convert is _ISO:
-            out[key] = value.isoformat()
         else:
             out[key] = convert(value)
     return out

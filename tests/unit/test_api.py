@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
+import functools
+import types
+
 import marshmallow as ma
 import pytest
 from flask import Flask
 from flask.views import MethodView
+from hypothesis import given
+from hypothesis import strategies as st
 
+from flask_backend_patterns.api import _dump_plan
 from flask_backend_patterns.api import Api
 from flask_backend_patterns.api import Blueprint
+from flask_backend_patterns.api import dump
 from flask_backend_patterns.api import etag_matches
 from flask_backend_patterns.api import page_meta
 from flask_backend_patterns.api import set_meta
@@ -65,16 +74,6 @@ def test_etag_matches(header, weak, expected):
 
 # --- dump: schema.dump, compiled --------------------------------------------------------
 
-import datetime as dt  # noqa: E402
-import decimal  # noqa: E402
-import types  # noqa: E402
-
-from hypothesis import given  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from flask_backend_patterns.api import _dump_plan  # noqa: E402
-from flask_backend_patterns.api import dump  # noqa: E402
-
 
 class OwnerOut(ma.Schema):
     id = ma.fields.String()
@@ -110,7 +109,8 @@ FALLBACKS = {
     "field subclass": type("S", (ma.Schema,), {"id": Odd()})(),
     "dump_default": type("D", (ma.Schema,), {"id": ma.fields.String(dump_default="none")})(),
     "dotted attribute": type("A", (ma.Schema,), {"name": ma.fields.String(attribute="owner.name")})(),
-    "timestamp format": type("T", (ma.Schema,), {"seen": ma.fields.DateTime(format="timestamp")})(),
+    "strftime format": type("T", (ma.Schema,), {"seen": ma.fields.DateTime(format="%Y")})(),
+    "unknown nested schema": type("U", (ma.Schema,), {"h": ma.fields.Nested("NoSuchSchema")})(),
     "boolean": type("B", (ma.Schema,), {"on": ma.fields.Boolean()})(),
     "nested fallback": type("N", (ma.Schema,), {"h": ma.fields.Nested(Hooked)})(),
 }
@@ -168,7 +168,6 @@ def test_dump_leaves_what_it_does_not_know_to_marshmallow(name):
         on=1,
         seen=dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
         owner=types.SimpleNamespace(name="n"),
-        h=None,
     )
     assert _dump_plan(schema) is None
     assert dump(schema, obj) == schema.dump(obj)
@@ -195,3 +194,49 @@ def test_dump_of_the_example_schemas_compiles_and_matches():
     ]:
         assert _dump_plan(schema) is not None
         assert dump(schema, obj) == schema.dump(obj)
+
+
+class Tree(ma.Schema):
+    name = ma.fields.String()
+    children = ma.fields.Nested(lambda: Tree(), many=True)
+
+
+def test_a_schema_nested_in_itself_is_left_to_marshmallow():
+    tree = {"name": "a", "children": [{"name": "b", "children": []}]}
+    assert (
+        dump(Tree(), tree) == Tree().dump(tree) == {"name": "a", "children": [{"name": "b", "children": []}]}
+    )
+
+
+@pytest.mark.parametrize("many", [True, False, None])
+def test_dump_of_none_is_marshmallows(many):
+    schema = ThingOut()
+    assert dump(schema, None, many=many) == schema.dump(None, many=many) == {}
+
+
+def test_datetime_formats_call_marshmallows_function():
+    class Moment(dt.datetime):
+        def isoformat(self, *args, **kwargs):
+            return "its own"
+
+    class When(ma.Schema):
+        iso = ma.fields.DateTime()
+        stamp = ma.fields.DateTime(format="timestamp")
+        rfc = ma.fields.DateTime(format="rfc")
+
+    schema = When()
+    moment = Moment(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    value = {"iso": moment, "stamp": moment, "rfc": moment}
+    assert _dump_plan(schema) is not None
+    assert dump(schema, value) == schema.dump(value)
+    assert dump(schema, value)["iso"] == "2026-01-02T03:04:05+00:00"
+    with pytest.raises(TypeError):  # a date is not a datetime, for marshmallow either
+        dump(schema, {"iso": dt.date(2026, 1, 2)})
+
+
+def test_an_unknown_nested_schema_fails_when_dumped_as_in_marshmallow():
+    schema = FALLBACKS["unknown nested schema"]
+    for dumper in (schema.dump, functools.partial(dump, schema)):
+        assert dumper({"id": "a"}) == {}  # not there: nothing to resolve
+        with pytest.raises(ma.exceptions.RegistryError):
+            dumper({"h": {"x": 1}})
