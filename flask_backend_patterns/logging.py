@@ -362,7 +362,7 @@ def _sole_json_handler(logger: logging.Logger, level: int) -> logging.StreamHand
     Then the access line skips building a ``LogRecord`` and the logging machinery (a
     good share of a small request's time) and is written as the handler would write it.
     """
-    if logger.disabled or logging.getLogRecordFactory() is not logging.LogRecord:
+    if logger.disabled or logging.getLogRecordFactory() is not logging.LogRecord or not _stdlib_flow():
         return None
     found: logging.StreamHandler[t.Any] | None = None
     current: logging.Logger | None = logger
@@ -385,6 +385,27 @@ def _sole_json_handler(logger: logging.Logger, level: int) -> logging.StreamHand
 
 
 _PLAIN_LOGGERS = (logging.Logger, logging.RootLogger)
+#: the methods a record passes through on its way to the handler's stream.
+_FLOW = (
+    (logging.Logger, "log"),
+    (logging.Logger, "_log"),
+    (logging.Logger, "makeRecord"),
+    (logging.Logger, "handle"),
+    (logging.Logger, "callHandlers"),
+    (logging.Logger, "filter"),
+    (logging.Handler, "handle"),
+    (logging.Handler, "filter"),
+    (logging.Handler, "format"),
+    (logging.StreamHandler, "emit"),
+    (logging.StreamHandler, "flush"),
+)
+
+
+def _stdlib_flow() -> bool:
+    """Whether those methods are still the standard library's: tools that hook logging
+    (Sentry's integration patches ``Logger.callHandlers``, tracers ``Logger.makeRecord``)
+    replace them on the classes themselves, and must see the access record."""
+    return all(getattr(getattr(owner, name), "__module__", None) == "logging" for owner, name in _FLOW)
 
 
 def _write_direct(

@@ -313,14 +313,14 @@ def only_json_handler():
 
 def test_the_access_line_written_directly_is_the_line_logging_writes(app, monkeypatch):
     access_records = []
-    make_record = logging.Logger.makeRecord
+    init_record = logging.LogRecord.__init__
 
     def spy(self, name, *args, **kwargs):
         if name == "flask_backend_patterns.access":
             access_records.append(name)
-        return make_record(self, name, *args, **kwargs)
+        init_record(self, name, *args, **kwargs)
 
-    monkeypatch.setattr(logging.Logger, "makeRecord", spy)
+    monkeypatch.setattr(logging.LogRecord, "__init__", spy)
     client = app.test_client()
 
     def run(stream):
@@ -356,4 +356,20 @@ def test_a_handler_of_its_own_on_the_access_logger_still_gets_the_access_record(
     finally:
         access.removeHandler(handler)
     assert own.getvalue() == "GET /nowhere 404\n"
+    assert json.loads(stream.getvalue().splitlines()[-1])["status"] == 404
+
+
+@pytest.mark.parametrize("method", ["callHandlers", "makeRecord"])
+def test_a_tool_that_patches_logging_still_sees_the_access_record(app, monkeypatch, method):
+    seen = []
+    original = getattr(logging.Logger, method)
+
+    def patched(self, *args, **kwargs):  # as Sentry's integration or a tracer would
+        seen.append(self.name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(logging.Logger, method, patched)
+    with only_json_handler() as stream:
+        app.test_client().get("/nowhere")
+    assert "flask_backend_patterns.access" in seen
     assert json.loads(stream.getvalue().splitlines()[-1])["status"] == 404
