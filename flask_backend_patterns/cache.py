@@ -1212,15 +1212,22 @@ def _response_query() -> str:
     :func:`cached_response` may sit above the argument parsing, and a hit skips it
     too. Only 200s are stored, so only a query that parsed and validated once is ever
     answered from the cache. Made once per request (the prefetch hook and the view's
-    wrapper both ask), unless a hook changed the view args in between.
+    wrapper both ask), unless what it is made of changed in between (a hook rewriting the
+    view args, a middleware sending the same environ through again).
 
     :raises TypeError: view args with no JSON form.
     """
     environ = request.environ
     view_args = request.view_args or {}
-    made: tuple[dict[str, t.Any], str] | None = environ.get(_RESPONSE_QUERY_ENVIRON_KEY)
-    if made is None or made[0] != view_args:
-        made = environ[_RESPONSE_QUERY_ENVIRON_KEY] = (dict(view_args), _make_response_query())
+    # Exact types: 1, 1.0 and True are equal, and their keys are not.
+    made_of = (
+        request.endpoint,
+        request.query_string,
+        tuple((name, type(value), value) for name, value in view_args.items()),
+    )
+    made: tuple[t.Any, str] | None = environ.get(_RESPONSE_QUERY_ENVIRON_KEY)
+    if made is None or made[0] != made_of:
+        made = environ[_RESPONSE_QUERY_ENVIRON_KEY] = (made_of, _make_response_query())
     return made[1]
 
 
@@ -1230,7 +1237,7 @@ def _make_response_query() -> str:
         return _canonical({"endpoint": request.endpoint, "view_args": view_args, "query": _sorted_args()})
     # Plain view args: the text is a function of the endpoint, the view args and the raw
     # query string, remembered for hot URLs (no parsing of the query string then).
-    remembered = (request.endpoint, request.query_string, tuple(view_args.items()))
+    remembered = (request.endpoint, request.query_string, tuple(view_args.items()))  # str/int only
     query = _RESPONSE_QUERIES.get(remembered)
     if query is None:
         # What _canonical gives, without its walk: str and int encode as they are.

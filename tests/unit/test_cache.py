@@ -1392,3 +1392,18 @@ def test_the_response_key_of_plain_view_args_is_the_canonical_one(url: str) -> N
             }
         )
         assert _make_response_query() == expected
+
+
+def test_the_response_key_is_remade_when_a_view_arg_changes_type_only() -> None:
+    from flask import request as flask_request
+
+    from flask_backend_patterns.cache import _response_query
+
+    app = Flask(__name__)
+    app.add_url_rule("/items/<int:item>", "by_int", lambda item: "")
+    with app.test_request_context("/items/1"):
+        as_int = _response_query()
+        assert flask_request.view_args is not None
+        flask_request.view_args["item"] = True  # equal to 1, and not the same key
+        as_bool = _response_query()
+    assert as_int != as_bool and '"item":1' in as_int and '"item":true' in as_bool
