@@ -739,3 +739,37 @@ def test_a_connection_closed_under_the_count_is_retried_once_on_a_new_one(caplog
     response = client.get("/items")  # twice closed: a storage failure, the request passes
     assert response.status_code == 200 and "RateLimit-Remaining" not in response.headers
     assert any("Rate limit storage unavailable" in r.getMessage() for r in caplog.records)
+
+
+def _context_manager_counts(monkeypatch, force_flask_limiter):
+    from flask_backend_patterns import ratelimit
+
+    if force_flask_limiter:
+        monkeypatch.setattr(ratelimit._AppLimiter, "_default_limit_only", lambda self: False)
+    app = Flask("cm")
+    app.config.update(TESTING=True, BACKEND_LOGGING_CONFIGURE=False, RATELIMIT_DEFAULT="5 per minute")
+    RateLimiting(app)
+    limiter = get_state(app).limiter
+
+    @app.get("/cm")
+    def cm():
+        with limiter.limit("100/minute"):
+            return "ok"
+
+    client = app.test_client()
+    seen = []
+    for _ in range(3):
+        response = client.get("/cm")
+        seen.append((response.status_code, response.headers.get("RateLimit-Remaining")))
+        seen.append(dict(limiter.limiter.storage.storage))
+    return seen
+
+
+def test_a_limit_used_as_a_context_manager_counts_as_with_flask_limiter_alone(monkeypatch):
+    # The first request takes our default-limit path, then the view's RouteLimit runs
+    # Flask-Limiter's own check: the default must not be counted twice.
+    ours = _context_manager_counts(monkeypatch, False)
+    monkeypatch.undo()
+    theirs = _context_manager_counts(monkeypatch, True)
+    assert ours == theirs
+    assert ours[1] == {"LIMITER/ip:127.0.0.1/cm/5/1/minute": 1, "LIMITER/ip:127.0.0.1/cm/100/1/minute": 1}
