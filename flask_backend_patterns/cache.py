@@ -1202,42 +1202,25 @@ def _prefetched() -> dict[tuple[str, ...], int]:
     return found
 
 
-_RESPONSE_QUERY_ENVIRON_KEY = "flask_backend_patterns.cache.response_query"
-
-
 def _response_query() -> str:
     """The key of the current request's response, before hashing.
 
     The route and its query string, normalised (sorted pairs, as canonical JSON): so
     :func:`cached_response` may sit above the argument parsing, and a hit skips it
     too. Only 200s are stored, so only a query that parsed and validated once is ever
-    answered from the cache. Made once per request (the prefetch hook and the view's
-    wrapper both ask), unless what it is made of changed in between (a hook rewriting the
-    view args, a middleware sending the same environ through again).
+    answered from the cache.
+
+    With plain (``str``/``int``) view args the text is a function of the endpoint, the
+    view args and the raw query string: each process remembers it for its hot URLs, so
+    the prefetch hook and the view's wrapper make it once and a hot URL's hit parses no
+    query string.
 
     :raises TypeError: view args with no JSON form.
     """
-    environ = request.environ
-    view_args = request.view_args or {}
-    # Exact types: 1, 1.0 and True are equal, and their keys are not.
-    made_of = (
-        request.endpoint,
-        request.query_string,
-        tuple((name, type(value), value) for name, value in view_args.items()),
-    )
-    made: tuple[t.Any, str] | None = environ.get(_RESPONSE_QUERY_ENVIRON_KEY)
-    if made is None or made[0] != made_of:
-        made = environ[_RESPONSE_QUERY_ENVIRON_KEY] = (made_of, _make_response_query())
-    return made[1]
-
-
-def _make_response_query() -> str:
     view_args = request.view_args or {}
     if not all(type(value) in _AS_THEY_ARE for value in view_args.values()):
         return _canonical({"endpoint": request.endpoint, "view_args": view_args, "query": _sorted_args()})
-    # Plain view args: the text is a function of the endpoint, the view args and the raw
-    # query string, remembered for hot URLs (no parsing of the query string then).
-    remembered = (request.endpoint, request.query_string, tuple(view_args.items()))  # str/int only
+    remembered = (request.endpoint, request.query_string, tuple(view_args.items()))
     query = _RESPONSE_QUERIES.get(remembered)
     if query is None:
         # What _canonical gives, without its walk: str and int encode as they are.
@@ -1261,7 +1244,8 @@ def _sorted_args() -> list[tuple[str, str]]:
     return sorted(request.args.items(multi=True), key=_first)
 
 
-#: the types _encode_value returns as they are (bool is not int here: type() is exact).
+#: the types _encode_value returns as they are (bool is not int here: type() is exact), and
+#: whose equal values of one type have one text (not so for floats: 0.0 == -0.0).
 _AS_THEY_ARE = frozenset({str, int})
 #: how many response texts and key sets each process remembers (then it starts afresh).
 _KEYS_REMEMBERED = 1024

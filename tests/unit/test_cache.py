@@ -1376,7 +1376,7 @@ def test_a_hook_that_changes_the_view_args_after_the_prefetch_changes_the_key(
 )
 def test_the_response_key_of_plain_view_args_is_the_canonical_one(url: str) -> None:
     from flask_backend_patterns.cache import _canonical
-    from flask_backend_patterns.cache import _make_response_query
+    from flask_backend_patterns.cache import _response_query
 
     app = Flask(__name__)
     app.add_url_rule("/items/<int:item>", "by_int", lambda item: "")
@@ -1391,7 +1391,7 @@ def test_the_response_key_of_plain_view_args_is_the_canonical_one(url: str) -> N
                 "query": sorted(flask_request.args.items(multi=True), key=lambda pair: pair[0]),
             }
         )
-        assert _make_response_query() == expected
+        assert _response_query() == expected
 
 
 def test_the_response_key_is_remade_when_a_view_arg_changes_type_only() -> None:
