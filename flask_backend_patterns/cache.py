@@ -1172,10 +1172,14 @@ def cached_response(*models: type[t.Any], ttl: int | None = None) -> t.Callable[
             state = get_state()
             if state.stores_nothing:
                 return state._load(functools.partial(view, *args, **kwargs))
+            try:
+                query = _response_query()
+            except TypeError:
+                return view(*args, **kwargs)  # view args with no JSON form: no key, no cache
             return state._read_versioned(
                 namespaces,
                 "response",
-                _response_query(),
+                query,
                 ttl if ttl is not None else state.ttl,
                 lambda: _Uncacheable.wrap(view(*args, **kwargs)),
                 _pack_response,
@@ -1282,7 +1286,7 @@ def _prefetch_response() -> None:
     try:
         query = _response_query()
     except TypeError:
-        return  # view args with no JSON form: the view's own read answers for them
+        return  # view args with no JSON form: the view runs uncached
     state._prefetch_versioned(namespaces, "response", query)
 
 

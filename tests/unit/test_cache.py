@@ -1407,3 +1407,36 @@ def test_the_response_key_is_remade_when_a_view_arg_changes_type_only() -> None:
         flask_request.view_args["item"] = True  # equal to 1, and not the same key
         as_bool = _response_query()
     assert as_int != as_bool and '"item":1' in as_int and '"item":true' in as_bool
+
+
+def test_view_args_with_no_json_form_are_served_by_the_view_uncached(
+    make_app: t.Any, fake_server: fakeredis.FakeServer
+) -> None:
+    from werkzeug.routing import BaseConverter
+
+    from flask_backend_patterns.cache import cached_response
+
+    class Opaque:
+        def __init__(self, text: str) -> None:
+            self.text = text
+
+    class OpaqueConverter(BaseConverter):
+        def to_python(self, value: str) -> Opaque:
+            return Opaque(value)
+
+        def to_url(self, value: Opaque) -> str:
+            return value.text
+
+    app = _with_limiter(make_app("fakeredis"), "fakeredis", fake_server, limit="100 per minute")
+    app.url_map.converters["opaque"] = OpaqueConverter
+    calls: list[str] = []
+
+    @app.get("/opaque/<opaque:thing>")
+    @cached_response(Widget)
+    def opaque(thing: Opaque) -> t.Any:
+        calls.append(thing.text)
+        return {"text": thing.text}
+
+    client = app.test_client()
+    assert [client.get("/opaque/x").get_json() for _ in range(2)] == [{"text": "x"}] * 2
+    assert calls == ["x", "x"]  # no key for it: the view answers every time
