@@ -1265,11 +1265,15 @@ def test_a_response_hit_rides_on_the_rate_limit_round_trip(
     assert client.get(f"/widgets/{wid}").status_code == 429
 
 
-def test_a_response_hit_on_another_redis_than_the_limit_makes_its_own_trip(
-    make_app: t.Any, fake_server: fakeredis.FakeServer, redis_trips: list[list[str]]
+@pytest.mark.parametrize("setup", ["limit-on-another-redis", "prefetch-off"])
+def test_a_response_hit_makes_its_own_trip_when_it_cannot_ride_along(
+    make_app: t.Any, fake_server: fakeredis.FakeServer, redis_trips: list[list[str]], setup: str
 ) -> None:
     calls: list[str] = []
-    app = _with_limiter(make_app("fakeredis"), "fakeredis", fakeredis.FakeServer())  # another server
+    if setup == "limit-on-another-redis":
+        app = _with_limiter(make_app("fakeredis"), "fakeredis", fakeredis.FakeServer())
+    else:
+        app = _with_limiter(make_app("fakeredis", BACKEND_CACHE_PREFETCH="false"), "fakeredis", fake_server)
     add_widget_views(app, calls)
     with app.app_context():
         (wid,) = add_widgets("a")
@@ -1330,21 +1334,6 @@ def test_a_retried_invalidation_is_seen_by_the_request_that_retries_it(
     state._down_until = None  # the back-off is over: Redis answers again
     assert client.get(f"/widgets/{wid}").get_json()["name"] == "b"
     assert not state._pending_bumps
-
-
-def test_prefetch_can_be_turned_off(
-    make_app: t.Any, fake_server: fakeredis.FakeServer, redis_trips: list[list[str]]
-) -> None:
-    calls: list[str] = []
-    app = _with_limiter(make_app("fakeredis", BACKEND_CACHE_PREFETCH="false"), "fakeredis", fake_server)
-    add_widget_views(app, calls)
-    with app.app_context():
-        (wid,) = add_widgets("a")
-    client = app.test_client()
-    client.get(f"/widgets/{wid}")
-    redis_trips.clear()
-    assert client.get(f"/widgets/{wid}").get_json()["name"] == "a"
-    assert redis_trips == [["EVALSHA"], ["MGET"]]
 
 
 def test_a_hook_that_changes_the_view_args_after_the_prefetch_changes_the_key(
