@@ -81,7 +81,23 @@ def config_int(value: object, key: str, *, minimum: int | None = None) -> int:
 def request_view() -> tuple[t.Any, t.Any, t.Any]:
     """The current request's view function, its ``MethodView`` class, and the class's
     method that handles the request (``get`` for ``HEAD`` when there is no ``head``,
-    as ``MethodView`` dispatches it); ``None`` for what there is not."""
+    as ``MethodView`` dispatches it); ``None`` for what there is not.
+
+    Looked up once per request (the rate limiter and the response cache both ask), and
+    again if another app or route serves the same environ.
+    """
+    environ = request.environ
+    asked = (current_app._get_current_object(), request.endpoint, request.method)  # type: ignore[attr-defined]
+    found: tuple[t.Any, tuple[t.Any, t.Any, t.Any]] | None = environ.get(_VIEW_ENVIRON_KEY)
+    if found is None or found[0] != asked:
+        found = environ[_VIEW_ENVIRON_KEY] = (asked, _lookup_view())
+    return found[1]
+
+
+_VIEW_ENVIRON_KEY = "flask_backend_patterns.view"
+
+
+def _lookup_view() -> tuple[t.Any, t.Any, t.Any]:
     view = current_app.view_functions.get(request.endpoint or "")
     view_class = getattr(view, "view_class", None)
     if view_class is None:
